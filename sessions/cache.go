@@ -1,0 +1,600 @@
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultCookieName           = "__Host-proxysession"
+	DefaultInsecureCookieName   = "proxysession"
+	DefaultLifetime             = 24 * time.Hour
+	DefaultIdleTimeout          = 2 * time.Hour
+	DefaultMaxSessions          = 100_000
+	DefaultMaxCookiesPerDomain  = 180
+	DefaultMaxCookiesPerSession = 300
+	DefaultMaxBytesPerSession   = 32 << 10
+)
+
+// Config configures a Cache. Every zero field takes a secure default.
+type Config struct {
+	// CookieName is the session cookie's name. Default
+	// DefaultCookieName, or DefaultInsecureCookieName with
+	// InsecureCookie: the __Host- prefix needs the Secure attribute.
+	CookieName string
+	// InsecureCookie drops the Secure attribute from the session cookie,
+	// for development over plain http. Browsers treat http://localhost as
+	// secure, so even local development rarely needs it.
+	InsecureCookie bool
+	// SameSite is the session cookie's SameSite attribute: SameSiteLax
+	// (the default, also for SameSiteDefault), SameSiteStrict, or
+	// SameSiteNone, which needs a Secure cookie.
+	SameSite SameSite
+	// Lifetime is a session's absolute lifetime. Default DefaultLifetime.
+	Lifetime time.Duration
+	// IdleTimeout ends a session after this long without a request.
+	// Default DefaultIdleTimeout, or Lifetime if that is shorter.
+	IdleTimeout time.Duration
+	// MaxCookieLifetime caps the Expires and Max-Age of backend cookies.
+	// Default and upper bound: 400 days (RFC 6265bis).
+	MaxCookieLifetime time.Duration
+	// PassThrough lists cookie names that go to the browser untouched
+	// instead of into the jar, such as CSRF tokens that JavaScript reads
+	// ("XSRF-TOKEN", "_xsrf").
+	PassThrough []string
+	// TrustForwardedProto takes the browser-facing scheme from the
+	// X-Forwarded-Proto header instead of the request's own scheme. Set it
+	// only when a trusted proxy in front sets that header.
+	TrustForwardedProto bool
+	// StripBrowserCookies drops every cookie the browser sends except the
+	// session cookie and PassThrough cookies, so that the backend sees
+	// only cookies from the jar.
+	StripBrowserCookies bool
+	// Per-session jar limits. When a limit is exceeded, expired cookies
+	// go first, then the least recently used. Defaults
+	// DefaultMaxCookiesPerDomain (at least 50), DefaultMaxCookiesPerSession
+	// and DefaultMaxBytesPerSession (at least 8 KiB; a cookie's bytes are
+	// its name, value, domain and path).
+	MaxCookiesPerDomain  int
+	MaxCookiesPerSession int
+	MaxBytesPerSession   int
+	// Store holds the sessions. Default: a MemoryStore of MaxSessions.
+	Store Store
+	// MaxSessions sizes the default MemoryStore. Default DefaultMaxSessions.
+	MaxSessions int
+	// Logger receives rejected cookies and session events; never cookie
+	// values or session ids. Default slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time. Default time.Now.
+	Now func() time.Time
+}
+
+// Cache is the session engine. It keeps each user's backend cookies in a
+// server-side jar and gives the browser a single session cookie instead.
+// A Cache is safe for concurrent use.
+//
+// A proxy calls Expand for each request before forwarding it, and Capture
+// with the backend's response; SessionHandler does both for an
+// http.Handler.
+type Cache struct {
+	cfg         Config
+	store       Store
+	limits      jarLimits
+	log         *slog.Logger
+	now         func() time.Time
+	lifetime    int64 // nanoseconds
+	idleTimeout int64 // nanoseconds
+
+	sessionCookieAttrs string // "; Path=/; Max-Age=…; HttpOnly; Secure; SameSite=…"
+	expiredCookie      string // a Set-Cookie that deletes the session cookie
+
+	stats          counters
+	warnedInsecure atomic.Bool
+}
+
+// New returns a Cache configured by cfg, or an error that lists every
+// invalid setting.
+func New(cfg Config) (*Cache, error) {
+	var errs []error
+	if cfg.CookieName == "" {
+		cfg.CookieName = DefaultCookieName
+		if cfg.InsecureCookie {
+			cfg.CookieName = DefaultInsecureCookieName
+		}
+	}
+	if !isToken(cfg.CookieName) {
+		errs = append(errs, fmt.Errorf("cookie name %q: must be a non-empty HTTP token", cfg.CookieName))
+	} else if cfg.InsecureCookie && hasSecurePrefix(cfg.CookieName) {
+		errs = append(errs, fmt.Errorf("cookie name %q: the __Host- and __Secure- prefixes need a Secure cookie; choose another name or keep the cookie secure", cfg.CookieName))
+	}
+	switch cfg.SameSite {
+	case SameSiteDefault:
+		cfg.SameSite = SameSiteLax
+	case SameSiteNone:
+		if cfg.InsecureCookie {
+			errs = append(errs, errors.New("SameSite=None needs a Secure session cookie: browsers reject it otherwise"))
+		}
+	case SameSiteLax, SameSiteStrict:
+	default:
+		errs = append(errs, fmt.Errorf("unknown SameSite mode %d", cfg.SameSite))
+	}
+	cfg.Lifetime = orDefault(cfg.Lifetime, DefaultLifetime)
+	if cfg.Lifetime < time.Second {
+		errs = append(errs, fmt.Errorf("session lifetime %v: must be at least 1s", cfg.Lifetime))
+	}
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, min(DefaultIdleTimeout, cfg.Lifetime))
+	if cfg.IdleTimeout < time.Second || cfg.IdleTimeout > cfg.Lifetime {
+		errs = append(errs, fmt.Errorf("idle timeout %v: must be between 1s and the session lifetime (%v)", cfg.IdleTimeout, cfg.Lifetime))
+	}
+	cfg.MaxCookieLifetime = orDefault(cfg.MaxCookieLifetime, maxCookieAge)
+	if cfg.MaxCookieLifetime < time.Second || cfg.MaxCookieLifetime > maxCookieAge {
+		errs = append(errs, fmt.Errorf("max cookie lifetime %v: must be between 1s and 400 days (9600h)", cfg.MaxCookieLifetime))
+	}
+	for _, name := range cfg.PassThrough {
+		if name == cfg.CookieName {
+			errs = append(errs, fmt.Errorf("pass-through cookie %q: is the session cookie's name", name))
+		} else if !isToken(name) {
+			errs = append(errs, fmt.Errorf("pass-through cookie %q: must be a non-empty HTTP token", name))
+		}
+	}
+	cfg.MaxCookiesPerDomain = orDefault(cfg.MaxCookiesPerDomain, DefaultMaxCookiesPerDomain)
+	if cfg.MaxCookiesPerDomain < 50 {
+		errs = append(errs, fmt.Errorf("max cookies per domain %d: must be at least 50 (RFC 6265bis)", cfg.MaxCookiesPerDomain))
+	}
+	cfg.MaxCookiesPerSession = orDefault(cfg.MaxCookiesPerSession, DefaultMaxCookiesPerSession)
+	if cfg.MaxCookiesPerSession < cfg.MaxCookiesPerDomain {
+		errs = append(errs, fmt.Errorf("max cookies per session %d: must be at least the per-domain limit (%d)", cfg.MaxCookiesPerSession, cfg.MaxCookiesPerDomain))
+	}
+	cfg.MaxBytesPerSession = orDefault(cfg.MaxBytesPerSession, DefaultMaxBytesPerSession)
+	if cfg.MaxBytesPerSession < 8<<10 {
+		errs = append(errs, fmt.Errorf("max bytes per session %d: must be at least 8192, room for the largest cookie", cfg.MaxBytesPerSession))
+	}
+	cfg.MaxSessions = orDefault(cfg.MaxSessions, DefaultMaxSessions)
+	if cfg.MaxSessions < 1 {
+		errs = append(errs, fmt.Errorf("max sessions %d: must be at least 1", cfg.MaxSessions))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("sessions: invalid configuration: %w", err)
+	}
+	if cfg.Store == nil {
+		store, err := NewMemoryStore(cfg.MaxSessions)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Store = store
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+
+	c := &Cache{
+		cfg:   cfg,
+		store: cfg.Store,
+		limits: jarLimits{
+			maxLifetime: int64(cfg.MaxCookieLifetime),
+			perDomain:   cfg.MaxCookiesPerDomain,
+			perSession:  cfg.MaxCookiesPerSession,
+			bytes:       cfg.MaxBytesPerSession,
+		},
+		log:         cfg.Logger,
+		now:         cfg.Now,
+		lifetime:    int64(cfg.Lifetime),
+		idleTimeout: int64(cfg.IdleTimeout),
+	}
+	attrs := "; Path=/; HttpOnly"
+	if !cfg.InsecureCookie {
+		attrs += "; Secure"
+	}
+	attrs += "; SameSite=" + cfg.SameSite.String()
+	c.sessionCookieAttrs = "; Path=/; Max-Age=" + strconv.FormatInt(int64(cfg.Lifetime/time.Second), 10) + attrs[len("; Path=/"):]
+	c.expiredCookie = cfg.CookieName + "=; Path=/; Max-Age=0" + attrs[len("; Path=/"):]
+	return c, nil
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// CookieName returns the session cookie's name.
+func (c *Cache) CookieName() string { return c.cfg.CookieName }
+
+// Store returns the store that holds the sessions.
+func (c *Cache) Store() Store { return c.store }
+
+// Check reports whether the Cache can serve: whether its store is
+// reachable, for stores that can be unreachable.
+func (c *Cache) Check(ctx context.Context) error {
+	if p, ok := c.store.(Pinger); ok {
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("session store: %w", err)
+		}
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the Cache's counters.
+func (c *Cache) Stats() Stats {
+	s := c.stats.snapshot()
+	if m, ok := c.store.(interface{ Len() int }); ok {
+		s.SessionsActive = m.Len()
+	}
+	if m, ok := c.store.(interface{ Evictions() uint64 }); ok {
+		s.SessionsEnded[EndEvicted] += m.Evictions()
+	}
+	return s
+}
+
+// Request is what the engine needs to know about a browser's request.
+type Request struct {
+	// Scheme is the scheme the request arrived with ("http", "https").
+	Scheme string
+	// Host is the request's authority (Host header or :authority),
+	// with or without a port.
+	Host string
+	// Path is the request target's path, with or without the query.
+	Path string
+	// Method is the request method; "" means GET.
+	Method string
+	// Cookies are the values of the request's Cookie header fields.
+	Cookies []string
+	// ForwardedProto is the X-Forwarded-Proto header, used only with
+	// Config.TrustForwardedProto.
+	ForwardedProto string
+	// FetchSite, FetchMode and FetchDest are the Sec-Fetch-Site,
+	// Sec-Fetch-Mode and Sec-Fetch-Dest headers, which tell whether the
+	// request is cross-site and whether it is a top-level navigation.
+	FetchSite, FetchMode, FetchDest string
+}
+
+// Response is what the engine needs to know about a backend's response.
+type Response struct {
+	// SetCookie are the Set-Cookie field values, in order.
+	SetCookie []string
+	// ClearSiteData are the Clear-Site-Data field values.
+	ClearSiteData []string
+	// CacheControl are the Cache-Control field values.
+	CacheControl []string
+}
+
+// ResponseEdit is how the proxy must change a backend's response.
+type ResponseEdit struct {
+	// RemoveSetCookie says to remove all of the backend's Set-Cookie
+	// fields: their cookies are in the jar now.
+	RemoveSetCookie bool
+	// SetCookie are Set-Cookie field values for the browser, added after
+	// the removal: the session cookie and pass-through cookies.
+	SetCookie []string
+	// CacheControl, when not empty, replaces the Cache-Control fields.
+	CacheControl string
+}
+
+// Exchange carries one request/response pair through the engine: Expand
+// fills it in, Capture reads it. The zero value is ready for Expand.
+type Exchange struct {
+	// Cookie is the Cookie header value the backend must get when
+	// RewriteCookie is set; when it is empty, the header is removed.
+	// When RewriteCookie is not set, the request's Cookie header stays
+	// as it is.
+	Cookie        string
+	RewriteCookie bool
+
+	origin  origin
+	session *Session
+	stale   bool // the browser presented a session cookie that is not valid
+}
+
+// HasSession reports whether the request belongs to a valid session.
+func (x *Exchange) HasSession() bool { return x.session != nil }
+
+// maxSessionCookies bounds the session cookies of one request that are
+// looked up: a browser sends one, or a few when cookies were tossed from
+// a parent domain.
+const maxSessionCookies = 3
+
+// Expand prepares a browser's request for the backend. It finds the
+// request's session from the session cookie, drops that cookie, and adds
+// the jar's cookies that match the request. The result is in x. An error
+// means the store failed; the request must not be forwarded.
+func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
+	*x = Exchange{origin: c.origin(r)}
+	now := c.now().UnixNano()
+
+	var candidates [maxSessionCookies]string
+	n := 0
+	pairs := newCookiePairs(r.Cookies)
+	for pair, name, ok := pairs.next(); ok && n < len(candidates); pair, name, ok = pairs.next() {
+		if name == c.cfg.CookieName {
+			candidates[n] = trimWSP(pair[strings.IndexByte(pair, '=')+1:])
+			n++
+		}
+	}
+	for _, value := range candidates[:n] {
+		s, err := c.findSession(ctx, value, now)
+		if err != nil {
+			return err
+		}
+		if s != nil {
+			x.session = s
+			break
+		}
+	}
+	x.stale = n > 0 && x.session == nil
+	x.Cookie, x.RewriteCookie = c.cookieHeader(r.Cookies, x, now, n > 0)
+	return nil
+}
+
+// findSession returns the valid session a session cookie value names, or
+// nil. It ends sessions found expired or idle.
+func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Session, error) {
+	id, ok := ParseID(value)
+	if !ok {
+		c.stats.unknownSessionIDs.Add(1)
+		return nil, nil
+	}
+	s, err := c.store.Find(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("finding session: %w", err)
+	}
+	if s == nil {
+		c.stats.unknownSessionIDs.Add(1)
+		return nil, nil
+	}
+	reason := EndReason(numEndReasons)
+	switch {
+	case now >= s.created+c.lifetime:
+		reason = EndExpired
+	case now >= s.lastSeen.Load()+c.idleTimeout:
+		reason = EndIdle
+	}
+	if reason != numEndReasons {
+		c.stats.unknownSessionIDs.Add(1)
+		if err := c.store.Delete(ctx, id); err != nil {
+			return nil, fmt.Errorf("ending session: %w", err)
+		}
+		c.stats.sessionsEnded[reason].Add(1)
+		c.log.LogAttrs(ctx, slog.LevelDebug, "session ended", slog.String("reason", reason.String()))
+		return nil, nil
+	}
+	s.lastSeen.Store(now)
+	return s, nil
+}
+
+// cookieHeader builds the Cookie header for the backend: the jar's
+// matching cookies, then the browser's own cookies except the session
+// cookie, cookies the jar overrides, and (with StripBrowserCookies) all
+// but pass-through cookies. It reports false when the browser's header
+// can go unchanged.
+func (c *Cache) cookieHeader(values []string, x *Exchange, now int64, changed bool) (string, bool) {
+	s := x.session
+	var idxBuf [16]int
+	var idx []int
+	if s != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		idx = s.match(&x.origin, now, idxBuf[:0])
+	}
+	keep := func(name string) bool {
+		if name == c.cfg.CookieName || (c.cfg.StripBrowserCookies && !c.isPassThrough(name)) {
+			return false
+		}
+		for _, i := range idx {
+			if s.cookies[i].Name() == name {
+				return false
+			}
+		}
+		return true
+	}
+
+	size := 0
+	for _, i := range idx {
+		size += len(s.cookies[i].pair) + 2
+	}
+	pairs := newCookiePairs(values)
+	for pair, name, ok := pairs.next(); ok; pair, name, ok = pairs.next() {
+		if keep(name) {
+			size += len(pair) + 2
+		} else {
+			changed = true
+		}
+	}
+	if !changed && len(idx) == 0 {
+		return "", false
+	}
+	if size == 0 {
+		return "", true
+	}
+	var b strings.Builder
+	b.Grow(size - 2)
+	for _, i := range idx {
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(s.cookies[i].pair)
+	}
+	pairs = newCookiePairs(values)
+	for pair, name, ok := pairs.next(); ok; pair, name, ok = pairs.next() {
+		if keep(name) {
+			if b.Len() > 0 {
+				b.WriteString("; ")
+			}
+			b.WriteString(pair)
+		}
+	}
+	return b.String(), true
+}
+
+func (c *Cache) isPassThrough(name string) bool {
+	for _, p := range c.cfg.PassThrough {
+		if p == name {
+			return true
+		}
+	}
+	return false
+}
+
+// origin describes r as the jar sees it.
+func (c *Cache) origin(r *Request) origin {
+	var o origin
+	var isIP bool
+	o.host, isIP = canonicalHost(r.Host)
+	o.path = r.Path
+	if i := strings.IndexAny(o.path, "?#"); i >= 0 {
+		o.path = o.path[:i]
+	}
+	scheme := r.Scheme
+	if c.cfg.TrustForwardedProto && r.ForwardedProto != "" {
+		// Each proxy appends its own; the first is the browser's.
+		scheme, _, _ = strings.Cut(r.ForwardedProto, ",")
+		scheme = trimWSP(scheme)
+	}
+	o.secure = strings.EqualFold(scheme, "https") || isLoopbackHost(o.host, isIP)
+	o.crossSite = strings.EqualFold(trimWSP(r.FetchSite), "cross-site")
+	dest := trimWSP(r.FetchDest)
+	o.topLevelNav = strings.EqualFold(trimWSP(r.FetchMode), "navigate") &&
+		(dest == "" || strings.EqualFold(dest, "document"))
+	o.safeMethod = r.Method == "" || r.Method == http.MethodGet || r.Method == http.MethodHead
+	return o
+}
+
+// Capture processes a backend's response to the request of x. Backend
+// cookies go into the session's jar, creating the session if there is
+// none yet; the returned edit says how to change the response for the
+// browser. An error means the store failed: the response must not reach
+// the browser, or backend cookies would leak or be lost.
+func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (ResponseEdit, error) {
+	var edit ResponseEdit
+	logout := clearsCookies(resp.ClearSiteData)
+	if len(resp.SetCookie) == 0 && !x.stale && !logout {
+		return edit, nil
+	}
+	now := c.now().UnixNano()
+	ended := false
+	if logout && x.session != nil {
+		if err := c.store.Delete(ctx, x.session.id); err != nil {
+			return edit, fmt.Errorf("ending session: %w", err)
+		}
+		c.stats.sessionsEnded[EndLogout].Add(1)
+		x.session, ended = nil, true
+	}
+
+	edit.RemoveSetCookie = len(resp.SetCookie) > 0
+	s, created := x.session, false
+	var ch Changes
+	func() {
+		if s != nil && len(resp.SetCookie) > 0 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+		}
+		for _, line := range resp.SetCookie {
+			sc, reason := parseSetCookie(line)
+			switch {
+			case reason != RejectNone:
+			case c.isPassThrough(sc.name):
+				edit.SetCookie = append(edit.SetCookie, line)
+				c.stats.cookiesPassed.Add(1)
+				continue
+			case sc.name == c.cfg.CookieName:
+				reason = RejectSessionName
+			case ended:
+				reason = RejectSessionEnded
+			}
+			if reason != RejectNone {
+				c.reject(ctx, reason, sc.name)
+				continue
+			}
+			if s == nil {
+				// A new session is not visible to other exchanges until
+				// it is committed, so it needs no lock.
+				s, created = newSession(newID(), now), true
+				ch.New = true
+			}
+			c.storeCookie(ctx, s, &sc, &x.origin, now, &ch)
+		}
+	}()
+
+	if created && len(s.cookies) == 0 {
+		// Nothing was stored (every cookie deleted or rejected): no session.
+		created, ch = false, Changes{}
+	}
+	proxyCookie := false
+	switch {
+	case created:
+		if err := c.store.Commit(ctx, s, &ch); err != nil {
+			return ResponseEdit{}, fmt.Errorf("creating session: %w", err)
+		}
+		c.stats.sessionsCreated.Add(1)
+		x.session, x.stale = s, false
+		edit.SetCookie = append(edit.SetCookie, c.cfg.CookieName+"="+s.id.CookieValue()+c.sessionCookieAttrs)
+		proxyCookie = true
+		if !c.cfg.InsecureCookie && !x.origin.secure && c.warnedInsecure.CompareAndSwap(false, true) {
+			c.log.Warn("issued a Secure session cookie over an insecure connection: browsers will drop it; serve over https, set TrustForwardedProto behind a TLS-terminating proxy, or use an insecure cookie for local development",
+				slog.String("host", x.origin.host))
+		}
+	case s != nil && !ch.Empty():
+		if err := c.store.Commit(ctx, s, &ch); err != nil {
+			return ResponseEdit{}, fmt.Errorf("saving session: %w", err)
+		}
+	}
+	if !created && (x.stale || ended) {
+		edit.SetCookie = append(edit.SetCookie, c.expiredCookie)
+		x.stale, proxyCookie = false, true
+	}
+	if proxyCookie {
+		edit.CacheControl = privateCacheControl(resp.CacheControl)
+	}
+	return edit, nil
+}
+
+// storeCookie stores one parsed backend cookie in s (locked) and counts
+// and logs the outcome.
+func (c *Cache) storeCookie(ctx context.Context, s *Session, sc *setCookie, o *origin, now int64, ch *Changes) {
+	res := s.setCookie(sc, o, now, &c.limits, ch)
+	switch {
+	case res.reject != RejectNone:
+		c.reject(ctx, res.reject, sc.name)
+	case res.deleted:
+		c.stats.cookiesDeleted.Add(1)
+	case res.stored:
+		c.stats.cookiesStored.Add(1)
+	}
+	if res.evicted > 0 {
+		c.stats.cookiesEvicted.Add(uint64(res.evicted))
+		c.log.LogAttrs(ctx, slog.LevelInfo, "evicted backend cookies to stay within the session limits",
+			slog.Int("count", res.evicted))
+	}
+}
+
+// reject counts and logs a rejected Set-Cookie, without its value.
+func (c *Cache) reject(ctx context.Context, reason RejectReason, name string) {
+	c.stats.cookiesRejected[reason].Add(1)
+	c.log.LogAttrs(ctx, slog.LevelInfo, "rejected backend cookie",
+		slog.String("reason", reason.String()), slog.String("cookie", name))
+}

@@ -1,0 +1,107 @@
+package sessions
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+)
+
+// Store keeps sessions between requests. Like scs's stores, a Store
+// reports a missing session as (nil, nil): "not found" is not an error.
+// Errors mean the store itself failed, and the caller fails closed.
+type Store interface {
+	// Find returns the session with the given id, or nil when there is
+	// none or its secret does not match.
+	Find(ctx context.Context, id ID) (*Session, error)
+	// Commit persists a new session (ch.New) or the changes an exchange
+	// made to an existing one. A store that hands out live sessions has
+	// nothing to write for an existing session; a store that serialises
+	// sessions writes ch cookie by cookie.
+	Commit(ctx context.Context, s *Session, ch *Changes) error
+	// Delete ends the session with the given id. Deleting a missing
+	// session is not an error.
+	Delete(ctx context.Context, id ID) error
+}
+
+// Pinger is implemented by stores that can be unreachable; the Cache's
+// Check uses it to report readiness.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// MemoryStore keeps sessions in process memory, in a scan-resistant 2Q
+// cache (hashicorp/golang-lru) bounded by a number of sessions: sessions
+// seen once sit in a small "recent" queue, so a flood of one-shot sessions
+// (crawlers, attacks) evicts other one-shot sessions rather than the
+// sessions of users who come back.
+//
+// MemoryStore hands out live sessions: all exchanges of one session share
+// one *Session, whose mutex keeps its jar consistent.
+type MemoryStore struct {
+	cache     *lru.TwoQueueCache[[idKeyBytes]byte, *Session]
+	size      int
+	mu        sync.Mutex // orders Add and Remove, so that evictions can be counted
+	evictions atomic.Uint64
+}
+
+// NewMemoryStore returns a MemoryStore that holds up to maxSessions
+// sessions.
+func NewMemoryStore(maxSessions int) (*MemoryStore, error) {
+	if maxSessions <= 0 {
+		return nil, errors.New("sessions: the memory store needs room for at least one session")
+	}
+	c, err := lru.New2Q[[idKeyBytes]byte, *Session](maxSessions)
+	if err != nil {
+		return nil, err
+	}
+	return &MemoryStore{cache: c, size: maxSessions}, nil
+}
+
+// Find implements Store.
+func (m *MemoryStore) Find(_ context.Context, id ID) (*Session, error) {
+	s, ok := m.cache.Get(id.Key())
+	if !ok {
+		return nil, nil
+	}
+	secret, want := id.Secret(), s.id.Secret()
+	if subtle.ConstantTimeCompare(secret[:], want[:]) != 1 {
+		return nil, nil
+	}
+	return s, nil
+}
+
+// Commit implements Store. Changes to an existing session are already in
+// place, so only new sessions need work.
+func (m *MemoryStore) Commit(_ context.Context, s *Session, ch *Changes) error {
+	if !ch.New {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	full := m.cache.Len() >= m.size
+	m.cache.Add(s.id.Key(), s)
+	if full {
+		m.evictions.Add(1)
+	}
+	return nil
+}
+
+// Delete implements Store.
+func (m *MemoryStore) Delete(_ context.Context, id ID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.cache.Peek(id.Key()); ok && s.id.Equal(id) {
+		m.cache.Remove(id.Key())
+	}
+	return nil
+}
+
+// Len returns the number of sessions held.
+func (m *MemoryStore) Len() int { return m.cache.Len() }
+
+// Evictions returns how many sessions were pushed out to make room.
+func (m *MemoryStore) Evictions() uint64 { return m.evictions.Load() }
