@@ -319,6 +319,9 @@ func (x *Exchange) HasSession() bool { return x.session != nil }
 // a parent domain.
 const maxSessionCookies = 3
 
+// browserCookie is one pair of the browser's Cookie header, byte-exact.
+type browserCookie struct{ pair, name string }
+
 // Expand prepares a browser's request for the backend. It finds the
 // request's session from the session cookie, drops that cookie, and adds
 // the jar's cookies that match the request. The result is in x. An error
@@ -327,11 +330,20 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 	*x = Exchange{origin: c.origin(r)}
 	now := c.now().UnixNano()
 
+	// One pass over the browser's cookies: session cookies aside, the
+	// others kept (on the stack, for the usual few dozen) for the header.
 	var candidates [maxSessionCookies]string
-	n := 0
+	var buf [16]browserCookie
+	browser := buf[:0]
+	n, sawSession := 0, false
 	pairs := newCookiePairs(r.Cookies)
-	for pair, name, ok := pairs.next(); ok && n < len(candidates); pair, name, ok = pairs.next() {
-		if name == c.cfg.CookieName {
+	for pair, name, ok := pairs.next(); ok; pair, name, ok = pairs.next() {
+		if name != c.cfg.CookieName {
+			browser = append(browser, browserCookie{pair, name})
+			continue
+		}
+		sawSession = true
+		if n < len(candidates) {
 			candidates[n] = trimWSP(pair[strings.IndexByte(pair, '=')+1:])
 			n++
 		}
@@ -346,8 +358,8 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 			break
 		}
 	}
-	x.stale = n > 0 && x.session == nil
-	x.Cookie, x.RewriteCookie = c.cookieHeader(r.Cookies, x, now, n > 0)
+	x.stale = sawSession && x.session == nil
+	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession)
 	return nil
 }
 
@@ -388,11 +400,10 @@ func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Sess
 }
 
 // cookieHeader builds the Cookie header for the backend: the jar's
-// matching cookies, then the browser's own cookies except the session
-// cookie, cookies the jar overrides, and (with StripBrowserCookies) all
-// but pass-through cookies. It reports false when the browser's header
-// can go unchanged.
-func (c *Cache) cookieHeader(values []string, x *Exchange, now int64, changed bool) (string, bool) {
+// matching cookies, then the browser's other cookies except those the jar
+// overrides and (with StripBrowserCookies) all but pass-through cookies.
+// It reports false when the browser's header can go unchanged.
+func (c *Cache) cookieHeader(browser []browserCookie, x *Exchange, now int64, changed bool) (string, bool) {
 	s := x.session
 	var idxBuf [16]int
 	var idx []int
@@ -401,27 +412,15 @@ func (c *Cache) cookieHeader(values []string, x *Exchange, now int64, changed bo
 		defer s.mu.Unlock()
 		idx = s.match(&x.origin, now, idxBuf[:0])
 	}
-	keep := func(name string) bool {
-		if name == c.cfg.CookieName || (c.cfg.StripBrowserCookies && !c.isPassThrough(name)) {
-			return false
-		}
-		for _, i := range idx {
-			if s.cookies[i].Name() == name {
-				return false
-			}
-		}
-		return true
-	}
-
 	size := 0
 	for _, i := range idx {
 		size += len(s.cookies[i].pair) + 2
 	}
-	pairs := newCookiePairs(values)
-	for pair, name, ok := pairs.next(); ok; pair, name, ok = pairs.next() {
-		if keep(name) {
-			size += len(pair) + 2
+	for j := range browser {
+		if c.keepBrowserCookie(browser[j].name, s, idx) {
+			size += len(browser[j].pair) + 2
 		} else {
+			browser[j].pair = ""
 			changed = true
 		}
 	}
@@ -439,16 +438,30 @@ func (c *Cache) cookieHeader(values []string, x *Exchange, now int64, changed bo
 		}
 		b.WriteString(s.cookies[i].pair)
 	}
-	pairs = newCookiePairs(values)
-	for pair, name, ok := pairs.next(); ok; pair, name, ok = pairs.next() {
-		if keep(name) {
+	for j := range browser {
+		if browser[j].pair != "" {
 			if b.Len() > 0 {
 				b.WriteString("; ")
 			}
-			b.WriteString(pair)
+			b.WriteString(browser[j].pair)
 		}
 	}
 	return b.String(), true
+}
+
+// keepBrowserCookie reports whether a cookie the browser sent goes on to
+// the backend: not when a jar cookie sent (idx) has its name, nor, with
+// StripBrowserCookies, unless it is a pass-through cookie.
+func (c *Cache) keepBrowserCookie(name string, s *Session, idx []int) bool {
+	if c.cfg.StripBrowserCookies && !c.isPassThrough(name) {
+		return false
+	}
+	for _, i := range idx {
+		if s.cookies[i].Name() == name {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Cache) isPassThrough(name string) bool {
@@ -466,7 +479,10 @@ func (c *Cache) origin(r *Request) origin {
 	var isIP bool
 	o.host, isIP = canonicalHost(r.Host)
 	o.path = r.Path
-	if i := strings.IndexAny(o.path, "?#"); i >= 0 {
+	if i := strings.IndexByte(o.path, '?'); i >= 0 {
+		o.path = o.path[:i]
+	}
+	if i := strings.IndexByte(o.path, '#'); i >= 0 {
 		o.path = o.path[:i]
 	}
 	scheme := r.Scheme
@@ -508,6 +524,10 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 	edit.RemoveSetCookie = len(resp.SetCookie) > 0
 	s, created := x.session, false
 	var ch Changes
+	journal := &ch
+	if _, live := c.store.(liveStore); live {
+		journal = nil // changes to a live session are stored as they happen
+	}
 	func() {
 		if s != nil && len(resp.SetCookie) > 0 {
 			s.mu.Lock()
@@ -536,7 +556,7 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 				s, created = newSession(newID(), now), true
 				ch.New = true
 			}
-			c.storeCookie(ctx, s, &sc, &x.origin, now, &ch)
+			c.storeCookie(ctx, s, &sc, &x.origin, now, journal)
 		}
 	}()
 
@@ -558,7 +578,7 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 			c.log.Warn("issued a Secure session cookie over an insecure connection: browsers will drop it; serve over https, set TrustForwardedProto behind a TLS-terminating proxy, or use an insecure cookie for local development",
 				slog.String("host", x.origin.host))
 		}
-	case s != nil && !ch.Empty():
+	case s != nil && journal != nil && !ch.Empty():
 		if err := c.store.Commit(ctx, s, &ch); err != nil {
 			return ResponseEdit{}, fmt.Errorf("saving session: %w", err)
 		}

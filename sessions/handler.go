@@ -67,16 +67,20 @@ func (h *sessionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		scheme = "https"
 	}
+	// The header keys are canonical already: index the map directly
+	// instead of paying for Header.Get's canonicalisation.
 	req := Request{
-		Scheme:         scheme,
-		Host:           r.Host,
-		Path:           r.URL.EscapedPath(),
-		Method:         r.Method,
-		Cookies:        r.Header["Cookie"],
-		ForwardedProto: r.Header.Get("X-Forwarded-Proto"),
-		FetchSite:      r.Header.Get("Sec-Fetch-Site"),
-		FetchMode:      r.Header.Get("Sec-Fetch-Mode"),
-		FetchDest:      r.Header.Get("Sec-Fetch-Dest"),
+		Scheme:    scheme,
+		Host:      r.Host,
+		Path:      r.URL.EscapedPath(),
+		Method:    r.Method,
+		Cookies:   r.Header["Cookie"],
+		FetchSite: first(r.Header["Sec-Fetch-Site"]),
+		FetchMode: first(r.Header["Sec-Fetch-Mode"]),
+		FetchDest: first(r.Header["Sec-Fetch-Dest"]),
+	}
+	if h.c.cfg.TrustForwardedProto {
+		req.ForwardedProto = first(r.Header["X-Forwarded-Proto"])
 	}
 	sw := &sessionWriter{h: h, w: w, r: r}
 	if err := h.c.Expand(r.Context(), &req, &sw.x); err != nil {
@@ -102,6 +106,13 @@ func (h *sessionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+func first(values []string) string {
+	if len(values) == 0 {
+		return ""
+	}
+	return values[0]
+}
+
 // sessionWriter captures the backend's cookies just before the response
 // header is written.
 type sessionWriter struct {
@@ -120,8 +131,9 @@ func (w *sessionWriter) Header() http.Header { return w.w.Header() }
 
 func (w *sessionWriter) Write(b []byte) (int, error) {
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
-		w.recordMetric(http.StatusOK)
+		if w.WriteHeader(http.StatusOK); !w.failed {
+			w.recordMetric(http.StatusOK)
+		}
 	}
 	if w.failed {
 		return 0, errStoreFailed
@@ -138,9 +150,14 @@ func (w *sessionWriter) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	h := w.w.Header()
+	setCookie, clearSiteData := h["Set-Cookie"], h["Clear-Site-Data"]
+	if len(setCookie) == 0 && len(clearSiteData) == 0 && !w.x.stale {
+		w.w.WriteHeader(code) // nothing to capture
+		return
+	}
 	edit, err := w.h.c.Capture(w.r.Context(), &w.x, &Response{
-		SetCookie:     h["Set-Cookie"],
-		ClearSiteData: h["Clear-Site-Data"],
+		SetCookie:     setCookie,
+		ClearSiteData: clearSiteData,
 		CacheControl:  h["Cache-Control"],
 	})
 	if err != nil {

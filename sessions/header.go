@@ -25,15 +25,17 @@ func (p *cookiePairs) next() (pair, name string, ok bool) {
 			}
 			p.rest, p.values = p.values[0], p.values[1:]
 		}
-		pair, p.rest, _ = strings.Cut(p.rest, ";")
-		pair = trimWSP(pair)
-		if pair == "" {
+		if i := strings.IndexByte(p.rest, ';'); i >= 0 {
+			pair, p.rest = p.rest[:i], p.rest[i+1:]
+		} else {
+			pair, p.rest = p.rest, ""
+		}
+		if pair = trimWSP(pair); pair == "" {
 			continue
 		}
-		if n, _, found := strings.Cut(pair, "="); found {
-			name = trimWSP(n)
-		} else {
-			name = ""
+		name = ""
+		if i := strings.IndexByte(pair, '='); i >= 0 {
+			name = trimWSP(pair[:i])
 		}
 		return pair, name, true
 	}

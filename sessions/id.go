@@ -38,26 +38,23 @@ func ParseID(s string) (ID, bool) {
 	if len(s) != idEncodedSize {
 		return id, false
 	}
-	var acc uint32
-	var bits, j int
-	for i := 0; i < len(s); i++ {
-		v := base64URLValue[s[i]]
-		if v == 0xff {
-			return id, false
-		}
-		acc = acc<<6 | uint32(v)
-		bits += 6
-		if bits >= 8 {
-			bits -= 8
-			id.b[j] = byte(acc >> bits)
-			j++
-		}
+	t := &base64URLValue
+	var bad byte        // collects the 0x80 bit of invalid characters
+	for g := range 10 { // 40 characters, 30 bytes
+		a, b, c, d := t[s[4*g]], t[s[4*g+1]], t[s[4*g+2]], t[s[4*g+3]]
+		bad |= a | b | c | d
+		v := uint32(a)<<18 | uint32(b)<<12 | uint32(c)<<6 | uint32(d)
+		id.b[3*g], id.b[3*g+1], id.b[3*g+2] = byte(v>>16), byte(v>>8), byte(v)
 	}
+	a, b, c := t[s[40]], t[s[41]], t[s[42]]
+	bad |= a | b | c
+	v := uint32(a)<<12 | uint32(b)<<6 | uint32(c)
 	// 43 characters carry 258 bits; the 2 spare bits must be zero, so
 	// that every id has exactly one spelling.
-	if acc&(1<<bits-1) != 0 {
+	if bad&0x80 != 0 || v&3 != 0 {
 		return ID{}, false
 	}
+	id.b[30], id.b[31] = byte(v>>10), byte(v>>2)
 	return id, true
 }
 

@@ -126,10 +126,11 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 	}
 	c.scope = unique.Make(scope{domain: domain, path: path})
 
+	replace := -1
 	for i := range s.cookies {
-		if old := &s.cookies[i]; old.sameIdentity(&c) {
-			c.created = old.created
-			s.removeAt(i)
+		if s.cookies[i].sameIdentity(&c) {
+			replace = i
+			c.created = s.cookies[i].created
 			break
 		}
 	}
@@ -137,22 +138,28 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 		// An expired cookie deletes its namesake. The deletion is
 		// recorded even when this copy of the jar has no namesake: a
 		// parallel exchange may have stored one.
+		if replace >= 0 {
+			s.removeAt(replace)
+		}
 		if ch != nil {
 			ch.delete(&c)
 		}
 		return storeResult{deleted: true}
 	}
-	if c.created == now {
-		// Creation times order cookies of equal path length, so they
-		// must be unique within the jar.
-		for i := range s.cookies {
-			c.created = max(c.created, s.cookies[i].created+1)
-		}
-	}
-	s.insert(c)
 	if ch != nil {
 		ch.store(&c)
 	}
+	if replace >= 0 {
+		// Same identity, so same path and creation time: same place.
+		s.cookies[replace] = c
+		return storeResult{stored: true, evicted: s.enforceLimits(domain, now, lim, ch)}
+	}
+	// Creation times order cookies of equal path length, so they must be
+	// unique within the jar.
+	for i := range s.cookies {
+		c.created = max(c.created, s.cookies[i].created+1)
+	}
+	s.insert(c)
 	return storeResult{stored: true, evicted: s.enforceLimits(domain, now, lim, ch)}
 }
 
@@ -332,6 +339,41 @@ func defaultPath(p string) string {
 // HTTP authority ("host:port", "[v6]:port"): lower case, without port and
 // brackets, IDNA A-labels. It returns "" for an unusable authority.
 func canonicalHost(authority string) (host string, isIP bool) {
+	// Fast path: a lower-case ASCII name or IPv4 address, maybe with a port.
+	host = authority
+	for i := 0; i < len(authority); i++ {
+		if c := authority[i]; !canonicalHostByte[c] {
+			if c != ':' || i == 0 || !allDigits(authority[i+1:]) {
+				return slowCanonicalHost(authority)
+			}
+			host = authority[:i]
+			break
+		}
+	}
+	if host == "" {
+		return "", false
+	}
+	return host, isIPAddress(host)
+}
+
+var canonicalHostByte = func() (t [256]bool) {
+	for _, c := range []byte("abcdefghijklmnopqrstuvwxyz0123456789-._") {
+		t[c] = true
+	}
+	return t
+}()
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !isDigit(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// slowCanonicalHost handles the rest: upper case, IPv6, IDNA, junk.
+func slowCanonicalHost(authority string) (host string, isIP bool) {
 	host = authority
 	if strings.HasPrefix(host, "[") {
 		end := strings.IndexByte(host, ']')

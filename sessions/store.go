@@ -27,6 +27,11 @@ type Store interface {
 	Delete(ctx context.Context, id ID) error
 }
 
+// liveStore is implemented by stores that hand out live sessions: what an
+// exchange changes in a found session is stored at once, so the engine
+// keeps no journal of Changes for them.
+type liveStore interface{ live() }
+
 // Pinger is implemented by stores that can be unreachable; the Cache's
 // Check uses it to report readiness.
 type Pinger interface {
@@ -99,6 +104,8 @@ func (m *MemoryStore) Delete(_ context.Context, id ID) error {
 	}
 	return nil
 }
+
+func (m *MemoryStore) live() {}
 
 // Len returns the number of sessions held.
 func (m *MemoryStore) Len() int { return m.cache.Len() }
