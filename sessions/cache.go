@@ -335,9 +335,14 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 	var candidates [maxSessionCookies]string
 	var buf [16]browserCookie
 	browser := buf[:0]
-	n, sawSession := 0, false
+	n, sawSession, dropped := 0, false, false
 	pairs := newCookiePairs(r.Cookies)
 	for pair, name, ok := pairs.next(); ok; pair, name, ok = pairs.next() {
+		if hasCTL(pair) {
+			// No browser sends these, and no proxy may forward them.
+			dropped = true
+			continue
+		}
 		if name != c.cfg.CookieName {
 			browser = append(browser, browserCookie{pair, name})
 			continue
@@ -359,7 +364,7 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 		}
 	}
 	x.stale = sawSession && x.session == nil
-	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession)
+	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession || dropped)
 	return nil
 }
 

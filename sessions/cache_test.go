@@ -411,6 +411,14 @@ func TestCookieHeaderIsByteExact(t *testing.T) {
 	}
 }
 
+func TestControlCharactersAreNotForwarded(t *testing.T) {
+	c := newTestCache(t, Config{})
+	x, _ := roundTrip(t, c, &Request{Scheme: "https", Host: "example.com", Path: "/", Cookies: []string{"a=1; b=\x01; c=\t3"}}, nil)
+	if !x.RewriteCookie || x.Cookie != "a=1; c=\t3" {
+		t.Errorf("Cookie = %q (rewrite %v), want the pair with a control character dropped", x.Cookie, x.RewriteCookie)
+	}
+}
+
 func TestCookieDeletionAndReplacement(t *testing.T) {
 	clock := newTestClock()
 	c := newTestCache(t, Config{Now: clock.Now, MaxCookieLifetime: 48 * time.Hour, Lifetime: 100 * time.Hour, IdleTimeout: 100 * time.Hour})

@@ -1,0 +1,401 @@
+// Package processor is proxysession's Envoy external processing (ext_proc)
+// gRPC server. It translates the ext_proc protocol into calls on the
+// session engine and back: request headers go through sessions.Cache.Expand,
+// response headers through sessions.Cache.Capture. It knows nothing about
+// cookie rules; the engine knows nothing about gRPC.
+//
+// The server expects Envoy's ext_proc filter in the processing mode
+// request_header_mode SEND, response_header_mode SEND, bodies NONE,
+// trailers SKIP. It follows what current Envoy does (see the README):
+// header values arrive in raw_value, mutations are written in raw_value
+// only, every message gets exactly one reply of the matching type, and a
+// failing session store fails closed with an ImmediateResponse 503.
+package processor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/proxysession/proxysession/sessions"
+)
+
+// ServiceName is the gRPC service this package implements.
+const ServiceName = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+// Engine is the part of the session engine the processor uses;
+// *sessions.Cache implements it.
+type Engine interface {
+	Expand(ctx context.Context, r *sessions.Request, x *sessions.Exchange) error
+	Capture(ctx context.Context, x *sessions.Exchange, resp *sessions.Response) (sessions.ResponseEdit, error)
+}
+
+// Options configure a Server.
+type Options struct {
+	// Logger receives stream and protocol problems; never cookie values
+	// or session ids. Default slog.Default().
+	Logger *slog.Logger
+	// Metrics records message counts and latencies. Default: metrics
+	// that are not registered anywhere.
+	Metrics *Metrics
+	// TrustForwardedProto passes X-Forwarded-Proto to the engine (which
+	// uses it only when configured to trust it too).
+	TrustForwardedProto bool
+}
+
+// Server implements envoy.service.ext_proc.v3.ExternalProcessor.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	engine  Engine
+	log     *slog.Logger
+	metrics *Metrics
+	trustFP bool
+
+	warnedObservability atomic.Bool
+	warnedNoRequest     atomic.Bool
+}
+
+// New returns a Server that runs every exchange through engine.
+func New(engine Engine, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
+	}
+	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, trustFP: opts.TrustForwardedProto}
+}
+
+// Process serves one ext_proc stream: one HTTP request and its response.
+// Envoy opens a new stream per request, so the Exchange of the request
+// phase, kept here, is what the response phase needs.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	ctx := stream.Context()
+	s.metrics.streamsActive.Inc()
+	defer s.metrics.streamsActive.Dec()
+	st := streamState{}
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if isStreamEnd(err) {
+				return nil
+			}
+			s.metrics.streamErrors.WithLabelValues("recv").Inc()
+			s.log.LogAttrs(ctx, slog.LevelWarn, "ext_proc stream receive failed", slog.String("error", err.Error()))
+			return err
+		}
+		resp := s.handle(ctx, &st, req)
+		if resp == nil {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			if isStreamEnd(err) {
+				return nil
+			}
+			s.metrics.streamErrors.WithLabelValues("send").Inc()
+			s.log.LogAttrs(ctx, slog.LevelWarn, "ext_proc stream send failed", slog.String("error", err.Error()))
+			return err
+		}
+	}
+}
+
+// isStreamEnd reports whether err is how a stream normally ends: Envoy
+// half-closes (EOF) and resets (Canceled) right after its last message.
+func isStreamEnd(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
+		return true
+	}
+	return status.Code(err) == codes.Canceled
+}
+
+// streamState is what one stream remembers between its messages.
+type streamState struct {
+	x          sessions.Exchange
+	sawRequest bool
+}
+
+// handle answers one message. It returns nil for messages that take no
+// answer: those of observability mode and those without a known request.
+func (s *Server) handle(ctx context.Context, st *streamState, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	if req.GetObservabilityMode() {
+		s.metrics.message(phaseOf(req), outcomeIgnored).Inc()
+		if s.warnedObservability.CompareAndSwap(false, true) {
+			s.log.Error("Envoy's ext_proc filter runs in observability_mode: it ignores every reply, so proxysession cannot swap cookies and backend cookies reach browsers; turn observability_mode off")
+		}
+		return nil
+	}
+	switch r := req.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return s.requestHeaders(ctx, st, r.RequestHeaders)
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return s.responseHeaders(ctx, st, r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		s.metrics.message(phaseRequestBody, outcomeUnchanged).Inc()
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		s.metrics.message(phaseResponseBody, outcomeUnchanged).Inc()
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		s.metrics.message(phaseRequestTrailers, outcomeUnchanged).Inc()
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		s.metrics.message(phaseResponseTrailers, outcomeUnchanged).Inc()
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+	default:
+		// No request we know: a flow-control-only message, or a type
+		// newer than this server. Envoy expects no reply to the former,
+		// and a reply of a type we cannot name would be spurious.
+		s.metrics.message(phaseUnknown, outcomeIgnored).Inc()
+		s.metrics.badInput.WithLabelValues("unknown_message").Inc()
+		s.log.LogAttrs(ctx, slog.LevelWarn, "ignored an ext_proc message without a known request type")
+		return nil
+	}
+}
+
+// requestHeaders swaps the session cookie for the jar's cookies.
+func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	start := time.Now()
+	st.sawRequest = true
+	req := s.sessionRequest(ctx, h.GetHeaders())
+	if err := s.engine.Expand(ctx, &req, &st.x); err != nil {
+		return s.unavailable(ctx, phaseRequestHeaders, start, err)
+	}
+	var mutation *extprocv3.HeaderMutation
+	if st.x.RewriteCookie {
+		mutation = &extprocv3.HeaderMutation{}
+		if st.x.Cookie == "" {
+			mutation.RemoveHeaders = []string{"cookie"}
+		} else {
+			mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
+		}
+	}
+	s.metrics.observe(phaseRequestHeaders, mutation != nil, start)
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+		RequestHeaders: headersResponse(mutation),
+	}}
+}
+
+// responseHeaders swaps the backend's Set-Cookie headers for the session
+// cookie.
+func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	start := time.Now()
+	if !st.sawRequest {
+		// Without the request we do not know the URL the cookies belong
+		// to: the engine rejects them, so they are dropped, not leaked.
+		s.metrics.badInput.WithLabelValues("response_without_request").Inc()
+		if s.warnedNoRequest.CompareAndSwap(false, true) {
+			s.log.Error("received response headers without request headers on the stream: backend cookies cannot be stored and are dropped; set request_header_mode: SEND")
+		}
+	}
+	var resp sessions.Response
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		switch key := lowerKey(hv.GetKey()); key {
+		case "set-cookie":
+			resp.SetCookie = append(resp.SetCookie, headerValue(hv))
+		case "clear-site-data":
+			resp.ClearSiteData = append(resp.ClearSiteData, headerValue(hv))
+		case "cache-control":
+			resp.CacheControl = append(resp.CacheControl, headerValue(hv))
+		}
+	}
+	edit, err := s.engine.Capture(ctx, &st.x, &resp)
+	if err != nil {
+		return s.unavailable(ctx, phaseResponseHeaders, start, err)
+	}
+	var mutation *extprocv3.HeaderMutation
+	if edit.RemoveSetCookie || len(edit.SetCookie) > 0 || edit.CacheControl != "" {
+		mutation = &extprocv3.HeaderMutation{}
+		if edit.RemoveSetCookie {
+			mutation.RemoveHeaders = []string{"set-cookie"}
+		}
+		for _, v := range edit.SetCookie {
+			if len(v) > maxHeaderValueBytes {
+				// Only a pass-through line can be this long; Envoy's API
+				// cannot carry it back.
+				s.metrics.badInput.WithLabelValues("oversized_set_cookie").Inc()
+				s.log.LogAttrs(ctx, slog.LevelWarn, "dropped a pass-through Set-Cookie longer than an ext_proc header value may be",
+					slog.Int("bytes", len(v)))
+				continue
+			}
+			// Several Set-Cookie entries need append: Envoy ignores
+			// append_action and overwrites when append is unset.
+			mutation.SetHeaders = append(mutation.SetHeaders, header("set-cookie", v, true))
+		}
+		if edit.CacheControl != "" {
+			mutation.SetHeaders = append(mutation.SetHeaders, header("cache-control", edit.CacheControl, false))
+		}
+	}
+	s.metrics.observe(phaseResponseHeaders, mutation != nil, start)
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+		ResponseHeaders: headersResponse(mutation),
+	}}
+}
+
+// sessionRequest collects what the engine needs from the request headers.
+func (s *Server) sessionRequest(ctx context.Context, m *corev3.HeaderMap) sessions.Request {
+	var req sessions.Request
+	var host string
+	for _, hv := range m.GetHeaders() {
+		switch key := lowerKey(hv.GetKey()); key {
+		case ":authority":
+			req.Host = headerValue(hv)
+		case "host":
+			host = headerValue(hv)
+		case ":path":
+			req.Path = headerValue(hv)
+		case ":method":
+			req.Method = headerValue(hv)
+		case ":scheme":
+			req.Scheme = headerValue(hv)
+		case "cookie":
+			req.Cookies = append(req.Cookies, headerValue(hv))
+		case "x-forwarded-proto":
+			if s.trustFP {
+				req.ForwardedProto = headerValue(hv)
+			}
+		case "sec-fetch-site":
+			req.FetchSite = headerValue(hv)
+		case "sec-fetch-mode":
+			req.FetchMode = headerValue(hv)
+		case "sec-fetch-dest":
+			req.FetchDest = headerValue(hv)
+		}
+	}
+	if req.Host == "" {
+		req.Host = host
+	}
+	for _, missing := range [...]struct {
+		value, name string
+	}{{req.Host, "missing_authority"}, {req.Path, "missing_path"}, {req.Scheme, "missing_scheme"}} {
+		if missing.value == "" {
+			s.metrics.badInput.WithLabelValues(missing.name).Inc()
+			s.log.LogAttrs(ctx, slog.LevelWarn, "request headers lack a pseudo-header; no stored cookies can match",
+				slog.String("reason", missing.name))
+		}
+	}
+	return req
+}
+
+// maxHeaderValueBytes is the most a HeaderValue's raw_value may hold
+// (envoy.config.core.v3.HeaderValue validation rules).
+const maxHeaderValueBytes = 16384
+
+// cookieHeaders returns the set_headers entries that make cookie the
+// request's only Cookie header. A header longer than one HeaderValue may
+// carry is split between pairs into several cookie entries, as HTTP/2
+// does; a single pair too long to carry is dropped.
+func (s *Server) cookieHeaders(ctx context.Context, cookie string) []*corev3.HeaderValueOption {
+	if len(cookie) <= maxHeaderValueBytes {
+		return []*corev3.HeaderValueOption{header("cookie", cookie, false)}
+	}
+	var opts []*corev3.HeaderValueOption
+	var chunk []byte
+	for rest := cookie; rest != ""; {
+		pair := rest
+		if i := indexPairSep(rest); i >= 0 {
+			pair, rest = rest[:i], rest[i+2:]
+		} else {
+			rest = ""
+		}
+		if len(pair) > maxHeaderValueBytes {
+			s.metrics.badInput.WithLabelValues("oversized_cookie").Inc()
+			s.log.LogAttrs(ctx, slog.LevelWarn, "dropped a cookie longer than an ext_proc header value may be", slog.Int("bytes", len(pair)))
+			continue
+		}
+		if len(chunk) > 0 && len(chunk)+2+len(pair) > maxHeaderValueBytes {
+			opts = append(opts, header("cookie", string(chunk), len(opts) > 0))
+			chunk = chunk[:0]
+		}
+		if len(chunk) > 0 {
+			chunk = append(chunk, "; "...)
+		}
+		chunk = append(chunk, pair...)
+	}
+	if len(chunk) > 0 {
+		opts = append(opts, header("cookie", string(chunk), len(opts) > 0))
+	}
+	return opts
+}
+
+func indexPairSep(s string) int {
+	for i := 0; i+1 < len(s); i++ {
+		if s[i] == ';' && s[i+1] == ' ' {
+			return i
+		}
+	}
+	return -1
+}
+
+// unavailable fails closed: Envoy answers 503 itself, and neither the
+// request without its cookies nor the response with its cookies passes.
+func (s *Server) unavailable(ctx context.Context, p phase, start time.Time, err error) *extprocv3.ProcessingResponse {
+	s.log.LogAttrs(ctx, slog.LevelError, "session store failed; answering 503", slog.String("phase", p.String()), slog.String("error", err.Error()))
+	s.metrics.message(p, outcomeUnavailable).Inc()
+	s.metrics.latency[p].Observe(time.Since(start).Seconds())
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				header("retry-after", "1", false),
+				header("cache-control", "no-store", false),
+				header("content-type", "text/plain; charset=utf-8", false),
+			}},
+			Body:    []byte("503 session store unavailable\n"),
+			Details: "proxysession_session_store_unavailable",
+		},
+	}}
+}
+
+// headersResponse wraps a mutation; nil means continue unchanged.
+func headersResponse(m *extprocv3.HeaderMutation) *extprocv3.HeadersResponse {
+	if m == nil {
+		return &extprocv3.HeadersResponse{}
+	}
+	return &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: m}}
+}
+
+// header returns a set_headers entry. The value goes in raw_value only:
+// current Envoy ignores value, and rejects a HeaderValue with both.
+func header(key, value string, appendValue bool) *corev3.HeaderValueOption {
+	opt := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)}}
+	if appendValue {
+		opt.Append = wrapperspb.Bool(true)
+	}
+	return opt
+}
+
+// headerValue returns a header's value: raw_value, or value from an Envoy
+// of 1.31 or older that still sends it there.
+func headerValue(hv *corev3.HeaderValue) string {
+	if len(hv.GetRawValue()) > 0 {
+		return string(hv.GetRawValue())
+	}
+	return hv.GetValue()
+}
+
+// lowerKey returns the key in lower case. Envoy sends lower-case keys, so
+// this almost never allocates.
+func lowerKey(k string) string {
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(k)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return k
+}
