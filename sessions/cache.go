@@ -100,9 +100,15 @@ type Cache struct {
 	warnedInsecure atomic.Bool
 }
 
-// New returns a Cache configured by cfg, or an error that lists every
-// invalid setting.
-func New(cfg Config) (*Cache, error) {
+// Validate reports every invalid setting of cfg in one error, or nil.
+func (cfg Config) Validate() error {
+	_, err := cfg.withDefaults()
+	return err
+}
+
+// withDefaults returns cfg with defaults filled in, or an error that
+// lists every invalid setting.
+func (cfg Config) withDefaults() (Config, error) {
 	var errs []error
 	if cfg.CookieName == "" {
 		cfg.CookieName = DefaultCookieName
@@ -162,7 +168,17 @@ func New(cfg Config) (*Cache, error) {
 		errs = append(errs, fmt.Errorf("max sessions %d: must be at least 1", cfg.MaxSessions))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("sessions: invalid configuration: %w", err)
+		return cfg, fmt.Errorf("sessions: invalid configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+// New returns a Cache configured by cfg, or an error that lists every
+// invalid setting.
+func New(cfg Config) (*Cache, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Store == nil {
 		store, err := NewMemoryStore(cfg.MaxSessions)

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/proxysession/proxysession/sessions"
+)
+
+// config is the validated configuration of the binary.
+type config struct {
+	grpcAddr, adminAddr                string
+	tlsCert, tlsKey, tlsClientCA       string
+	logFormat                          string
+	logLevel                           slog.Level
+	shutdownGrace, drainDelay          time.Duration
+	sessions                           sessions.Config
+	cookieSecure                       bool
+	sameSite, passThrough, rawLogLevel string
+}
+
+// envPrefix prefixes the environment variable of every flag:
+// -session-lifetime is PROXYSESSION_SESSION_LIFETIME.
+const envPrefix = "PROXYSESSION_"
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// option is one setting: a flag and its environment variable.
+type option struct {
+	name, usage, def, kind string
+	isBool                 bool
+	parse                  func(string) error
+}
+
+// options collects the settings. Each value is parsed after all sources
+// are read, so that every invalid value is reported, not just the first.
+type options struct{ list []*option }
+
+func (o *options) add(name, kind, def, usage string, parse func(string) error) {
+	o.list = append(o.list, &option{name: name, kind: kind, usage: usage, def: def, isBool: kind == "bool", parse: parse})
+}
+
+func (o *options) str(p *string, name, def, usage string) {
+	o.add(name, "string", def, usage, func(s string) error { *p = s; return nil })
+}
+
+func (o *options) boolean(p *bool, name string, def bool, usage string) {
+	o.add(name, "bool", strconv.FormatBool(def), usage, func(s string) error {
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean", s)
+		}
+		*p = v
+		return nil
+	})
+}
+
+func (o *options) integer(p *int, name string, def int, usage string) {
+	o.add(name, "int", strconv.Itoa(def), usage, func(s string) error {
+		v, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", s)
+		}
+		*p = v
+		return nil
+	})
+}
+
+func (o *options) duration(p *time.Duration, name string, def time.Duration, usage string) {
+	o.add(name, "duration", def.String(), usage, func(s string) error {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (like 90s, 15m, 24h)", s)
+		}
+		*p = v
+		return nil
+	})
+}
+
+// rawFlag holds a flag's text until it is parsed with the others.
+type rawFlag struct {
+	text   string
+	set    bool
+	isBool bool
+}
+
+func (r *rawFlag) String() string { return r.text }
+
+func (r *rawFlag) Set(s string) error {
+	r.text, r.set = s, true
+	return nil
+}
+
+func (r *rawFlag) IsBoolFlag() bool { return r.isBool }
+
+// errHelp means -help was asked for; the usage has been printed.
+var errHelp = flag.ErrHelp
+
+// parseConfig reads the flags in args and, for flags not given, the
+// environment (through lookupEnv). It returns every problem in one error.
+func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut io.Writer) (*config, error) {
+	cfg := &config{}
+	sc := &cfg.sessions
+	var o options
+	o.str(&cfg.grpcAddr, "grpc-addr", ":9002", "ext_proc gRPC listen address: host:port, or unix:///path/to.sock for a socket shared with Envoy")
+	o.str(&cfg.adminAddr, "admin-addr", ":9090", "admin HTTP listen address for /healthz, /readyz and /metrics")
+	o.str(&sc.CookieName, "cookie-name", "", "session cookie name (default "+sessions.DefaultCookieName+", or "+sessions.DefaultInsecureCookieName+" with -cookie-secure=false)")
+	o.boolean(&cfg.cookieSecure, "cookie-secure", true, "mark the session cookie Secure; set false only for local development over plain http")
+	o.str(&cfg.sameSite, "cookie-samesite", "lax", "session cookie SameSite: lax, strict or none (none needs -cookie-secure)")
+	o.duration(&sc.Lifetime, "session-lifetime", sessions.DefaultLifetime, "absolute session lifetime")
+	o.duration(&sc.IdleTimeout, "idle-timeout", sessions.DefaultIdleTimeout, "end a session after this long without a request (at most -session-lifetime)")
+	o.integer(&sc.MaxSessions, "max-sessions", sessions.DefaultMaxSessions, "sessions the in-memory store holds; beyond that the least used one-shot sessions are evicted")
+	o.duration(&sc.MaxCookieLifetime, "max-cookie-lifetime", 400*24*time.Hour, "cap on backend cookies' Expires and Max-Age (at most 9600h, 400 days)")
+	o.str(&cfg.passThrough, "pass-through-cookies", "", "comma-separated cookie names that go to the browser untouched, e.g. XSRF-TOKEN,_xsrf")
+	o.boolean(&sc.StripBrowserCookies, "strip-browser-cookies", false, "drop every browser cookie but the session cookie and pass-through cookies")
+	o.boolean(&sc.TrustForwardedProto, "trust-forwarded-proto", false, "take the browser-facing scheme from X-Forwarded-Proto (when TLS ends in front of Envoy)")
+	o.integer(&sc.MaxCookiesPerDomain, "max-cookies-per-domain", sessions.DefaultMaxCookiesPerDomain, "cookies a session keeps per domain (at least 50)")
+	o.integer(&sc.MaxCookiesPerSession, "max-cookies-per-session", sessions.DefaultMaxCookiesPerSession, "cookies a session keeps in all")
+	o.integer(&sc.MaxBytesPerSession, "max-bytes-per-session", sessions.DefaultMaxBytesPerSession, "bytes of cookies a session keeps (names, values, domains, paths; at least 8192)")
+	o.str(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	o.str(&cfg.rawLogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	o.str(&cfg.tlsCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")
+	o.str(&cfg.tlsKey, "tls-key", "", "PEM private key for -tls-cert")
+	o.str(&cfg.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+	o.duration(&cfg.drainDelay, "drain-delay", 0, "on SIGTERM, keep accepting new streams this long after reporting not ready, while Envoy's health checks and Kubernetes endpoints catch up (5s in Kubernetes)")
+	o.duration(&cfg.shutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, after -drain-delay, how long in-flight streams may take to finish")
+
+	fs := flag.NewFlagSet("proxysession", flag.ContinueOnError)
+	fs.SetOutput(usageOut)
+	raw := make(map[string]*rawFlag, len(o.list))
+	for _, opt := range o.list {
+		r := &rawFlag{text: opt.def, isBool: opt.isBool}
+		raw[opt.name] = r
+		fs.Var(r, opt.name, opt.usage)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(usageOut, "Usage: proxysession [flags]\n\n"+
+			"proxysession is an Envoy ext_proc service that keeps backend cookies in\n"+
+			"server-side sessions and gives browsers one session cookie instead.\n\n"+
+			"Every flag can also be set by the environment variable shown with it;\n"+
+			"a flag given on the command line wins.\n\nFlags:\n")
+		for _, opt := range o.list {
+			fmt.Fprintf(usageOut, "  -%s %s\n    \t%s\n    \t", opt.name, opt.kind, opt.usage)
+			if opt.def != "" {
+				fmt.Fprintf(usageOut, "default %s, ", opt.def)
+			}
+			fmt.Fprintf(usageOut, "env %s\n", envName(opt.name))
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	var errs []error
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	for _, opt := range o.list {
+		source, text := "", opt.def
+		if r := raw[opt.name]; r.set {
+			source, text = "-"+opt.name, r.text
+		} else if v, ok := lookupEnv(envName(opt.name)); ok {
+			source, text = "$"+envName(opt.name), v
+		}
+		if err := opt.parse(text); err != nil {
+			if source == "" {
+				source = "-" + opt.name
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", source, err))
+		}
+	}
+	errs = append(errs, cfg.finish()...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// finish validates and derives the settings that need more than parsing.
+func (cfg *config) finish() []error {
+	var errs []error
+	sc := &cfg.sessions
+	sc.InsecureCookie = !cfg.cookieSecure
+	switch strings.ToLower(cfg.sameSite) {
+	case "lax":
+		sc.SameSite = sessions.SameSiteLax
+	case "strict":
+		sc.SameSite = sessions.SameSiteStrict
+	case "none":
+		sc.SameSite = sessions.SameSiteNone
+	default:
+		errs = append(errs, fmt.Errorf("-cookie-samesite: %q is not lax, strict or none", cfg.sameSite))
+	}
+	for name := range strings.SplitSeq(cfg.passThrough, ",") {
+		if name = strings.TrimSpace(name); name != "" && !slices.Contains(sc.PassThrough, name) {
+			sc.PassThrough = append(sc.PassThrough, name)
+		}
+	}
+	if err := sc.Validate(); err != nil {
+		errs = append(errs, errors.Unwrap(err))
+	}
+	if cfg.grpcAddr == "" {
+		errs = append(errs, errors.New("-grpc-addr: must not be empty"))
+	} else if strings.HasPrefix(cfg.grpcAddr, "unix:") && socketPath(cfg.grpcAddr) == "" {
+		errs = append(errs, fmt.Errorf("-grpc-addr: %q names no socket path (use unix:///path/to.sock)", cfg.grpcAddr))
+	}
+	if cfg.adminAddr == "" {
+		errs = append(errs, errors.New("-admin-addr: must not be empty"))
+	}
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+		errs = append(errs, errors.New("-tls-cert and -tls-key: give both or neither"))
+	}
+	if cfg.tlsClientCA != "" && cfg.tlsCert == "" {
+		errs = append(errs, errors.New("-tls-client-ca: needs -tls-cert and -tls-key (mTLS is TLS with client certificates)"))
+	}
+	switch cfg.logFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("-log-format: %q is not text or json", cfg.logFormat))
+	}
+	if err := cfg.logLevel.UnmarshalText([]byte(cfg.rawLogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("-log-level: %q is not debug, info, warn or error", cfg.rawLogLevel))
+	}
+	if cfg.shutdownGrace < 0 {
+		errs = append(errs, fmt.Errorf("-shutdown-grace: %v must not be negative", cfg.shutdownGrace))
+	}
+	if cfg.drainDelay < 0 {
+		errs = append(errs, fmt.Errorf("-drain-delay: %v must not be negative", cfg.drainDelay))
+	}
+	return errs
+}
+
+// socketPath returns the path of a unix: address (unix:///p, unix:/p,
+// unix:p), or "".
+func socketPath(addr string) string {
+	p := strings.TrimPrefix(addr, "unix:")
+	if strings.HasPrefix(p, "//") {
+		p = p[2:]
+	}
+	return p
+}

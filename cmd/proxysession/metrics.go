@@ -1,0 +1,63 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/proxysession/proxysession/sessions"
+)
+
+// sessionsCollector exports a sessions.Cache's counters. It reads one
+// Stats snapshot per scrape, so the engine's hot path only bumps atomics.
+type sessionsCollector struct {
+	cache *sessions.Cache
+
+	active, created, ended, unknownIDs *prometheus.Desc
+	stored, deleted, evicted, passed   *prometheus.Desc
+	rejected                           *prometheus.Desc
+}
+
+func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("proxysession_"+name, help, labels, nil)
+	}
+	return &sessionsCollector{
+		cache:      cache,
+		active:     d("sessions_active", "Sessions held by the store (memory store only)."),
+		created:    d("sessions_created_total", "Sessions created (a backend set the first cookie)."),
+		ended:      d("sessions_ended_total", "Sessions ended, by reason: expired (absolute lifetime), idle, evicted (memory store full), logout (Clear-Site-Data).", "reason"),
+		unknownIDs: d("unknown_session_ids_total", "Session cookies presented with a malformed, unknown, evicted or expired id."),
+		stored:     d("cookies_captured_total", "Backend cookies stored in a session's jar (added or replaced)."),
+		deleted:    d("cookies_deleted_total", "Backend cookies deleted by the backend (sent already expired)."),
+		evicted:    d("cookies_evicted_total", "Stored cookies evicted by the per-session limits."),
+		passed:     d("cookies_passed_through_total", "Pass-through cookies sent on to the browser."),
+		rejected:   d("cookies_rejected_total", "Backend cookies rejected, by reason (RFC 6265bis rule or session policy).", "reason"),
+	}
+}
+
+func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.stored, c.deleted, c.evicted, c.passed, c.rejected} {
+		ch <- d
+	}
+}
+
+func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.cache.Stats()
+	if s.SessionsActive >= 0 {
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(s.SessionsActive))
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(c.created, s.SessionsCreated)
+	for reason, n := range s.SessionsEnded {
+		counter(c.ended, n, reason.String())
+	}
+	counter(c.unknownIDs, s.UnknownSessionIDs)
+	counter(c.stored, s.CookiesStored)
+	counter(c.deleted, s.CookiesDeleted)
+	counter(c.evicted, s.CookiesEvicted)
+	counter(c.passed, s.CookiesPassed)
+	for reason, n := range s.CookiesRejected {
+		counter(c.rejected, n, reason.String())
+	}
+}

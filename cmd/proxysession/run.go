@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/proxysession/proxysession/processor"
+	"github.com/proxysession/proxysession/sessions"
+)
+
+// usageError is a configuration problem; the process exits with status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string {
+	msg := e.err.Error()
+	if strings.Contains(msg, "\n") {
+		return "invalid configuration:\n  " + strings.ReplaceAll(msg, "\n", "\n  ")
+	}
+	return "invalid configuration: " + msg
+}
+
+func (e *usageError) Unwrap() error { return e.err }
+
+// Test hooks, carried in the context: told the bound addresses, and told
+// when draining starts.
+type (
+	listenHookKey struct{}
+	drainHookKey  struct{}
+)
+
+// run is the whole program: it parses args (and PROXYSESSION_*
+// variables), serves until ctx is done, then shuts down gracefully.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var usage bytes.Buffer
+	cfg, err := parseConfig(args, os.LookupEnv, &usage)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, err := stdout.Write(usage.Bytes())
+		return err
+	case err != nil:
+		stderr.Write(usage.Bytes())
+		return &usageError{err}
+	}
+	return serve(ctx, cfg, stderr)
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	if cfg.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func serve(ctx context.Context, cfg *config, logOut io.Writer) error {
+	log := newLogger(cfg, logOut)
+	cfg.sessions.Logger = log
+	cache, err := sessions.New(cfg.sessions)
+	if err != nil {
+		return &usageError{err}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newSessionsCollector(cache))
+	metrics := processor.NewMetrics()
+	if err := metrics.Register(reg); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+
+	// Envoy may send HTTP/2 keepalive pings (connection_keepalive); grpc-go
+	// would answer pings more often than every 5 minutes with GOAWAY.
+	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+		MinTime: 10 * time.Second, PermitWithoutStream: true,
+	})}
+	if cfg.tlsCert != "" {
+		certs, err := newCertReloader(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA, log)
+		if err != nil {
+			return &usageError{err}
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(certs.serverConfig())))
+	}
+	grpcServer := grpc.NewServer(opts...)
+	extprocv3.RegisterExternalProcessorServer(grpcServer, processor.New(cache, processor.Options{
+		Logger: log, Metrics: metrics, TrustForwardedProto: cfg.sessions.TrustForwardedProto,
+	}))
+	healthServer := health.NewServer()
+	healthpb.RegisterHealthServer(grpcServer, healthServer)
+	healthServer.SetServingStatus(processor.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	grpcListener, err := listen(cfg.grpcAddr)
+	if err != nil {
+		return err
+	}
+	adminListener, err := net.Listen("tcp", cfg.adminAddr)
+	if err != nil {
+		grpcListener.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	var draining atomic.Bool
+	admin := &http.Server{Handler: adminHandler(cache, reg, &draining), ReadHeaderTimeout: 5 * time.Second}
+	if hook, ok := ctx.Value(listenHookKey{}).(func(grpcAddr, adminAddr net.Addr)); ok {
+		hook(grpcListener.Addr(), adminListener.Addr())
+	}
+
+	errs := make(chan error, 2)
+	go func() {
+		if err := grpcServer.Serve(grpcListener); err != nil {
+			errs <- fmt.Errorf("gRPC server: %w", err)
+		}
+	}()
+	go func() {
+		if err := admin.Serve(adminListener); !errors.Is(err, http.ErrServerClosed) {
+			errs <- fmt.Errorf("admin server: %w", err)
+		}
+	}()
+	log.Info("proxysession serving",
+		slog.String("grpc", grpcListener.Addr().String()), slog.String("admin", adminListener.Addr().String()),
+		slog.Bool("tls", cfg.tlsCert != ""), slog.Bool("mtls", cfg.tlsClientCA != ""),
+		slog.String("store", "memory"), slog.String("cookie", cache.CookieName()))
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errs:
+	}
+
+	// Drain: report not ready and not serving, so that Envoy's health
+	// checks and Kubernetes stop sending streams, let the streams in
+	// flight finish, then stop.
+	draining.Store(true)
+	healthServer.Shutdown()
+	log.Info("shutting down", slog.Duration("drain_delay", cfg.drainDelay), slog.Duration("grace", cfg.shutdownGrace))
+	if hook, ok := ctx.Value(drainHookKey{}).(func()); ok {
+		hook()
+	}
+	if cfg.drainDelay > 0 && serveErr == nil {
+		time.Sleep(cfg.drainDelay)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		grpcServer.GracefulStop()
+		close(stopped)
+	}()
+	timer := time.NewTimer(cfg.shutdownGrace)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		log.Warn("shutdown grace period over; closing the remaining streams")
+		grpcServer.Stop()
+		<-stopped
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := admin.Shutdown(shutdownCtx); err != nil {
+		log.Warn("admin server shutdown", slog.String("error", err.Error()))
+	}
+	if serveErr != nil {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// listen opens the gRPC listener: TCP, or a Unix socket for unix: addresses
+// (a stale socket file from a previous run is replaced).
+func listen(addr string) (net.Listener, error) {
+	if !strings.HasPrefix(addr, "unix:") {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("gRPC listener: %w", err)
+		}
+		return l, nil
+	}
+	path := socketPath(addr)
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == fs.ModeSocket {
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("gRPC listener: removing stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("gRPC listener: %w", err)
+	}
+	// Envoy (another user, in the same group) must be able to connect;
+	// the socket's directory decides who else can.
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("gRPC listener: %w", err)
+	}
+	return l, nil
+}
+
+// adminHandler serves /healthz (alive), /readyz (store reachable and not
+// draining) and /metrics.
+func adminHandler(cache *sessions.Cache, reg *prometheus.Registry, draining *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := cache.Check(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
