@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -199,12 +200,12 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 	}
 	var resp sessions.Response
 	for _, hv := range h.GetHeaders().GetHeaders() {
-		switch key := lowerKey(hv.GetKey()); key {
-		case "set-cookie":
+		switch fieldOf(hv.GetKey()) {
+		case fieldSetCookie:
 			resp.SetCookie = append(resp.SetCookie, headerValue(hv))
-		case "clear-site-data":
+		case fieldClearSiteData:
 			resp.ClearSiteData = append(resp.ClearSiteData, headerValue(hv))
-		case "cache-control":
+		case fieldCacheControl:
 			resp.CacheControl = append(resp.CacheControl, headerValue(hv))
 		}
 	}
@@ -246,28 +247,28 @@ func (s *Server) sessionRequest(ctx context.Context, m *corev3.HeaderMap) sessio
 	var req sessions.Request
 	var host string
 	for _, hv := range m.GetHeaders() {
-		switch key := lowerKey(hv.GetKey()); key {
-		case ":authority":
+		switch fieldOf(hv.GetKey()) {
+		case fieldAuthority:
 			req.Host = headerValue(hv)
-		case "host":
+		case fieldHost:
 			host = headerValue(hv)
-		case ":path":
+		case fieldPath:
 			req.Path = headerValue(hv)
-		case ":method":
+		case fieldMethod:
 			req.Method = headerValue(hv)
-		case ":scheme":
+		case fieldScheme:
 			req.Scheme = headerValue(hv)
-		case "cookie":
+		case fieldCookie:
 			req.Cookies = append(req.Cookies, headerValue(hv))
-		case "x-forwarded-proto":
+		case fieldForwardedProto:
 			if s.trustFP {
 				req.ForwardedProto = headerValue(hv)
 			}
-		case "sec-fetch-site":
+		case fieldFetchSite:
 			req.FetchSite = headerValue(hv)
-		case "sec-fetch-mode":
+		case fieldFetchMode:
 			req.FetchMode = headerValue(hv)
-		case "sec-fetch-dest":
+		case fieldFetchDest:
 			req.FetchDest = headerValue(hv)
 		}
 	}
@@ -367,7 +368,7 @@ func headersResponse(m *extprocv3.HeaderMutation) *extprocv3.HeadersResponse {
 // header returns a set_headers entry. The value goes in raw_value only:
 // current Envoy ignores value, and rejects a HeaderValue with both.
 func header(key, value string, appendValue bool) *corev3.HeaderValueOption {
-	opt := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)}}
+	opt := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, RawValue: readOnlyBytes(value)}}
 	if appendValue {
 		opt.Append = wrapperspb.Bool(true)
 	}
@@ -376,11 +377,23 @@ func header(key, value string, appendValue bool) *corev3.HeaderValueOption {
 
 // headerValue returns a header's value: raw_value, or value from an Envoy
 // of 1.31 or older that still sends it there.
+//
+// The string shares raw_value's bytes instead of copying them: protobuf-go
+// copies bytes fields when it unmarshals (grpc-go recycles its receive
+// buffer right after), so the message owns them, nothing writes them, and
+// the strings live no longer than the stream that holds the message.
+// Whatever the engine keeps beyond the stream, it copies.
 func headerValue(hv *corev3.HeaderValue) string {
-	if len(hv.GetRawValue()) > 0 {
-		return string(hv.GetRawValue())
+	if raw := hv.GetRawValue(); len(raw) > 0 {
+		return unsafe.String(&raw[0], len(raw))
 	}
 	return hv.GetValue()
+}
+
+// readOnlyBytes returns s's bytes without copying, for fields that are
+// only marshalled: nothing may write to them.
+func readOnlyBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // lowerKey returns the key in lower case. Envoy sends lower-case keys, so
@@ -398,4 +411,65 @@ func lowerKey(k string) string {
 		}
 	}
 	return k
+}
+
+// requestField and responseField name the headers the processor reads.
+type field uint8
+
+const (
+	fieldOther field = iota
+	fieldAuthority
+	fieldHost
+	fieldPath
+	fieldMethod
+	fieldScheme
+	fieldCookie
+	fieldForwardedProto
+	fieldFetchSite
+	fieldFetchMode
+	fieldFetchDest
+	fieldSetCookie
+	fieldClearSiteData
+	fieldCacheControl
+)
+
+// fieldOf classifies a header key. Envoy's keys are lower case; others
+// are lowered first, which only costs for keys that do not match as sent.
+func fieldOf(key string) field {
+	if f := exactField(key); f != fieldOther || key == lowerKey(key) {
+		return f
+	}
+	return exactField(lowerKey(key))
+}
+
+func exactField(key string) field {
+	switch key {
+	case ":authority":
+		return fieldAuthority
+	case "host":
+		return fieldHost
+	case ":path":
+		return fieldPath
+	case ":method":
+		return fieldMethod
+	case ":scheme":
+		return fieldScheme
+	case "cookie":
+		return fieldCookie
+	case "x-forwarded-proto":
+		return fieldForwardedProto
+	case "sec-fetch-site":
+		return fieldFetchSite
+	case "sec-fetch-mode":
+		return fieldFetchMode
+	case "sec-fetch-dest":
+		return fieldFetchDest
+	case "set-cookie":
+		return fieldSetCookie
+	case "clear-site-data":
+		return fieldClearSiteData
+	case "cache-control":
+		return fieldCacheControl
+	}
+	return fieldOther
 }
