@@ -26,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/proxysession/proxysession/internal/config"
 	"github.com/proxysession/proxysession/processor"
 	"github.com/proxysession/proxysession/sessions"
 )
@@ -53,8 +54,12 @@ type (
 // run is the whole program: it parses args (and PROXYSESSION_*
 // variables), serves until ctx is done, then shuts down gracefully.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	healthcheck := len(args) > 0 && args[0] == "healthcheck"
+	if healthcheck {
+		args = args[1:]
+	}
 	var usage bytes.Buffer
-	cfg, err := parseConfig(args, os.LookupEnv, &usage)
+	cfg, err := config.Parse(args, os.LookupEnv, &usage)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		_, err := stdout.Write(usage.Bytes())
@@ -63,21 +68,53 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		stderr.Write(usage.Bytes())
 		return &usageError{err}
 	}
+	if healthcheck {
+		return probe(ctx, cfg.AdminAddr)
+	}
 	return serve(ctx, cfg, stderr)
 }
 
-func newLogger(cfg *config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.logLevel}
-	if cfg.logFormat == "json" {
+// probe is `proxysession healthcheck`: it asks the admin listener of a
+// running instance (same flags and environment) whether it is ready. The
+// container image has no shell or curl, so its HEALTHCHECK runs this.
+func probe(ctx context.Context, adminAddr string) error {
+	host, port, err := net.SplitHostPort(adminAddr)
+	if err != nil {
+		return fmt.Errorf("healthcheck: -admin-addr %q: %w", adminAddr, err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/readyz", nil)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("healthcheck: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func serve(ctx context.Context, cfg *config, logOut io.Writer) error {
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer) error {
 	log := newLogger(cfg, logOut)
-	cfg.sessions.Logger = log
-	cache, err := sessions.New(cfg.sessions)
+	cfg.Sessions.Logger = log
+	cache, err := sessions.New(cfg.Sessions)
 	if err != nil {
 		return &usageError{err}
 	}
@@ -94,8 +131,8 @@ func serve(ctx context.Context, cfg *config, logOut io.Writer) error {
 	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 		MinTime: 10 * time.Second, PermitWithoutStream: true,
 	})}
-	if cfg.tlsCert != "" {
-		certs, err := newCertReloader(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA, log)
+	if cfg.TLSCert != "" {
+		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, log)
 		if err != nil {
 			return &usageError{err}
 		}
@@ -103,17 +140,17 @@ func serve(ctx context.Context, cfg *config, logOut io.Writer) error {
 	}
 	grpcServer := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(grpcServer, processor.New(cache, processor.Options{
-		Logger: log, Metrics: metrics, TrustForwardedProto: cfg.sessions.TrustForwardedProto,
+		Logger: log, Metrics: metrics, TrustForwardedProto: cfg.Sessions.TrustForwardedProto,
 	}))
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(grpcServer, healthServer)
 	healthServer.SetServingStatus(processor.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
-	grpcListener, err := listen(cfg.grpcAddr)
+	grpcListener, err := listen(cfg.GRPCAddr)
 	if err != nil {
 		return err
 	}
-	adminListener, err := net.Listen("tcp", cfg.adminAddr)
+	adminListener, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		grpcListener.Close()
 		return fmt.Errorf("admin listener: %w", err)
@@ -137,7 +174,7 @@ func serve(ctx context.Context, cfg *config, logOut io.Writer) error {
 	}()
 	log.Info("proxysession serving",
 		slog.String("grpc", grpcListener.Addr().String()), slog.String("admin", adminListener.Addr().String()),
-		slog.Bool("tls", cfg.tlsCert != ""), slog.Bool("mtls", cfg.tlsClientCA != ""),
+		slog.Bool("tls", cfg.TLSCert != ""), slog.Bool("mtls", cfg.TLSClientCA != ""),
 		slog.String("store", "memory"), slog.String("cookie", cache.CookieName()))
 
 	var serveErr error
@@ -151,19 +188,19 @@ func serve(ctx context.Context, cfg *config, logOut io.Writer) error {
 	// flight finish, then stop.
 	draining.Store(true)
 	healthServer.Shutdown()
-	log.Info("shutting down", slog.Duration("drain_delay", cfg.drainDelay), slog.Duration("grace", cfg.shutdownGrace))
+	log.Info("shutting down", slog.Duration("drain_delay", cfg.DrainDelay), slog.Duration("grace", cfg.ShutdownGrace))
 	if hook, ok := ctx.Value(drainHookKey{}).(func()); ok {
 		hook()
 	}
-	if cfg.drainDelay > 0 && serveErr == nil {
-		time.Sleep(cfg.drainDelay)
+	if cfg.DrainDelay > 0 && serveErr == nil {
+		time.Sleep(cfg.DrainDelay)
 	}
 	stopped := make(chan struct{})
 	go func() {
 		grpcServer.GracefulStop()
 		close(stopped)
 	}()
-	timer := time.NewTimer(cfg.shutdownGrace)
+	timer := time.NewTimer(cfg.ShutdownGrace)
 	defer timer.Stop()
 	select {
 	case <-stopped:
@@ -194,7 +231,7 @@ func listen(addr string) (net.Listener, error) {
 		}
 		return l, nil
 	}
-	path := socketPath(addr)
+	path := config.SocketPath(addr)
 	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == fs.ModeSocket {
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("gRPC listener: removing stale socket: %w", err)

@@ -33,77 +33,6 @@ import (
 	"github.com/proxysession/proxysession/processor/envoytest"
 )
 
-func TestParseConfig(t *testing.T) {
-	tests := []struct {
-		name  string
-		args  []string
-		env   map[string]string
-		check func(t *testing.T, c *config)
-		errs  []string // substrings of the error, in any order
-	}{
-		{name: "defaults", check: func(t *testing.T, c *config) {
-			if c.grpcAddr != ":9002" || c.adminAddr != ":9090" || !c.cookieSecure || c.sessions.InsecureCookie ||
-				c.shutdownGrace != 15*time.Second || c.logFormat != "text" || c.logLevel != slog.LevelInfo {
-				t.Errorf("defaults = %+v", c)
-			}
-		}},
-		{name: "flags", args: []string{"-grpc-addr", "unix:///run/ps.sock", "-cookie-secure=false", "-cookie-samesite", "Strict",
-			"-pass-through-cookies", " XSRF-TOKEN, _xsrf ,", "-session-lifetime", "8h", "-idle-timeout", "30m", "-log-level", "debug"},
-			check: func(t *testing.T, c *config) {
-				if c.grpcAddr != "unix:///run/ps.sock" || !c.sessions.InsecureCookie || c.sessions.SameSite.String() != "Strict" ||
-					strings.Join(c.sessions.PassThrough, ",") != "XSRF-TOKEN,_xsrf" || c.sessions.Lifetime != 8*time.Hour ||
-					c.sessions.IdleTimeout != 30*time.Minute || c.logLevel != slog.LevelDebug {
-					t.Errorf("config = %+v", c)
-				}
-			}},
-		{name: "environment", env: map[string]string{"PROXYSESSION_MAX_SESSIONS": "42", "PROXYSESSION_TRUST_FORWARDED_PROTO": "true", "PROXYSESSION_LOG_FORMAT": "json"},
-			check: func(t *testing.T, c *config) {
-				if c.sessions.MaxSessions != 42 || !c.sessions.TrustForwardedProto || c.logFormat != "json" {
-					t.Errorf("config = %+v", c)
-				}
-			}},
-		{name: "flag wins over environment", args: []string{"-max-sessions", "7"}, env: map[string]string{"PROXYSESSION_MAX_SESSIONS": "nonsense"},
-			check: func(t *testing.T, c *config) {
-				if c.sessions.MaxSessions != 7 {
-					t.Errorf("max sessions = %d", c.sessions.MaxSessions)
-				}
-			}},
-		{name: "every error at once",
-			args: []string{"-session-lifetime", "soon", "-cookie-samesite", "sometimes", "-log-format", "xml", "-tls-cert", "c.pem", "stray"},
-			env:  map[string]string{"PROXYSESSION_MAX_SESSIONS": "many", "PROXYSESSION_COOKIE_SECURE": "maybe"},
-			errs: []string{`-session-lifetime: "soon" is not a duration`, `-cookie-samesite: "sometimes"`, `-log-format: "xml"`,
-				"-tls-cert and -tls-key", `unexpected arguments ["stray"]`, `$PROXYSESSION_MAX_SESSIONS: "many" is not an integer`,
-				`$PROXYSESSION_COOKIE_SECURE: "maybe" is not a boolean`}},
-		{name: "engine rules", args: []string{"-cookie-secure=false", "-cookie-name", "__Host-s", "-idle-timeout", "48h", "-max-cookies-per-domain", "3"},
-			errs: []string{"prefixes need a Secure cookie", "idle timeout 48h0m0s", "max cookies per domain 3"}},
-		{name: "samesite none needs secure", args: []string{"-cookie-secure=false", "-cookie-samesite", "none"}, errs: []string{"SameSite=None needs a Secure"}},
-		{name: "mtls needs tls", args: []string{"-tls-client-ca", "ca.pem"}, errs: []string{"-tls-client-ca: needs -tls-cert"}},
-		{name: "bad unix address", args: []string{"-grpc-addr", "unix://"}, errs: []string{"names no socket path"}},
-		{name: "unknown flag", args: []string{"-no-such-flag"}, errs: []string{"flag provided but not defined"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
-			c, err := parseConfig(tt.args, lookup, io.Discard)
-			if len(tt.errs) == 0 {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				tt.check(t, c)
-				return
-			}
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, want := range tt.errs {
-				if !strings.Contains(err.Error(), want) {
-					t.Errorf("error does not mention %q:\n%v", want, err)
-				}
-			}
-		})
-	}
-}
-
 func TestRunHelpAndUsageErrors(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if err := run(context.Background(), []string{"-help"}, &stdout, &stderr); err != nil {
@@ -279,8 +208,14 @@ func TestServeEndToEnd(t *testing.T) {
 	if strings.Contains(inst.logs.String(), "sid=42") {
 		t.Error("a cookie value reached the logs")
 	}
+	if err := run(context.Background(), []string{"healthcheck", "-admin-addr", inst.adminAddr}, io.Discard, io.Discard); err != nil {
+		t.Errorf("healthcheck of a ready instance: %v", err)
+	}
 	if err := inst.stop(); err != nil {
 		t.Errorf("run returned %v after shutdown", err)
+	}
+	if err := run(context.Background(), []string{"healthcheck", "-admin-addr", inst.adminAddr}, io.Discard, io.Discard); err == nil {
+		t.Error("healthcheck of a stopped instance succeeded")
 	}
 }
 

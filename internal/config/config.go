@@ -1,4 +1,8 @@
-package main
+// Package config is proxysession's command-line configuration: flags, their
+// PROXYSESSION_* environment variables, defaults and validation. It is a
+// package of its own so that tests can check deployment files (compose,
+// Kubernetes) against the same parser the binary uses.
+package config
 
 import (
 	"errors"
@@ -14,24 +18,34 @@ import (
 	"github.com/proxysession/proxysession/sessions"
 )
 
-// config is the validated configuration of the binary.
-type config struct {
-	grpcAddr, adminAddr                string
-	tlsCert, tlsKey, tlsClientCA       string
-	logFormat                          string
-	logLevel                           slog.Level
-	shutdownGrace, drainDelay          time.Duration
-	sessions                           sessions.Config
+// Config is the validated configuration of the binary.
+type Config struct {
+	GRPCAddr  string // host:port, or unix:///path
+	AdminAddr string
+	// TLS files; TLSClientCA turns on mTLS.
+	TLSCert, TLSKey, TLSClientCA string
+	LogFormat                    string // text or json
+	LogLevel                     slog.Level
+	ShutdownGrace, DrainDelay    time.Duration
+	// Sessions configures the session engine (Logger and Store unset).
+	Sessions sessions.Config
+
 	cookieSecure                       bool
 	sameSite, passThrough, rawLogLevel string
 }
 
-// envPrefix prefixes the environment variable of every flag:
+// EnvPrefix prefixes the environment variable of every flag:
 // -session-lifetime is PROXYSESSION_SESSION_LIFETIME.
-const envPrefix = "PROXYSESSION_"
+const EnvPrefix = "PROXYSESSION_"
+
+// Default listen addresses.
+const (
+	DefaultGRPCAddr  = ":9002"
+	DefaultAdminAddr = ":9090"
+)
 
 func envName(flagName string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 // option is one setting: a flag and its environment variable.
@@ -102,17 +116,15 @@ func (r *rawFlag) Set(s string) error {
 
 func (r *rawFlag) IsBoolFlag() bool { return r.isBool }
 
-// errHelp means -help was asked for; the usage has been printed.
-var errHelp = flag.ErrHelp
-
-// parseConfig reads the flags in args and, for flags not given, the
-// environment (through lookupEnv). It returns every problem in one error.
-func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut io.Writer) (*config, error) {
-	cfg := &config{}
-	sc := &cfg.sessions
+// Parse reads the flags in args and, for flags not given, the environment
+// (through lookupEnv). It returns every problem in one error, or
+// flag.ErrHelp after writing the usage to usageOut for -help.
+func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Writer) (*Config, error) {
+	cfg := &Config{}
+	sc := &cfg.Sessions
 	var o options
-	o.str(&cfg.grpcAddr, "grpc-addr", ":9002", "ext_proc gRPC listen address: host:port, or unix:///path/to.sock for a socket shared with Envoy")
-	o.str(&cfg.adminAddr, "admin-addr", ":9090", "admin HTTP listen address for /healthz, /readyz and /metrics")
+	o.str(&cfg.GRPCAddr, "grpc-addr", DefaultGRPCAddr, "ext_proc gRPC listen address: host:port, or unix:///path/to.sock for a socket shared with Envoy")
+	o.str(&cfg.AdminAddr, "admin-addr", DefaultAdminAddr, "admin HTTP listen address for /healthz, /readyz and /metrics")
 	o.str(&sc.CookieName, "cookie-name", "", "session cookie name (default "+sessions.DefaultCookieName+", or "+sessions.DefaultInsecureCookieName+" with -cookie-secure=false)")
 	o.boolean(&cfg.cookieSecure, "cookie-secure", true, "mark the session cookie Secure; set false only for local development over plain http")
 	o.str(&cfg.sameSite, "cookie-samesite", "lax", "session cookie SameSite: lax, strict or none (none needs -cookie-secure)")
@@ -126,13 +138,13 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	o.integer(&sc.MaxCookiesPerDomain, "max-cookies-per-domain", sessions.DefaultMaxCookiesPerDomain, "cookies a session keeps per domain (at least 50)")
 	o.integer(&sc.MaxCookiesPerSession, "max-cookies-per-session", sessions.DefaultMaxCookiesPerSession, "cookies a session keeps in all")
 	o.integer(&sc.MaxBytesPerSession, "max-bytes-per-session", sessions.DefaultMaxBytesPerSession, "bytes of cookies a session keeps (names, values, domains, paths; at least 8192)")
-	o.str(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	o.str(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	o.str(&cfg.rawLogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	o.str(&cfg.tlsCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")
-	o.str(&cfg.tlsKey, "tls-key", "", "PEM private key for -tls-cert")
-	o.str(&cfg.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
-	o.duration(&cfg.drainDelay, "drain-delay", 0, "on SIGTERM, keep accepting new streams this long after reporting not ready, while Envoy's health checks and Kubernetes endpoints catch up (5s in Kubernetes)")
-	o.duration(&cfg.shutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, after -drain-delay, how long in-flight streams may take to finish")
+	o.str(&cfg.TLSCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")
+	o.str(&cfg.TLSKey, "tls-key", "", "PEM private key for -tls-cert")
+	o.str(&cfg.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
+	o.duration(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, keep accepting new streams this long after reporting not ready, while Envoy's health checks and Kubernetes endpoints catch up (5s in Kubernetes)")
+	o.duration(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, after -drain-delay, how long in-flight streams may take to finish")
 
 	fs := flag.NewFlagSet("proxysession", flag.ContinueOnError)
 	fs.SetOutput(usageOut)
@@ -185,9 +197,9 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 }
 
 // finish validates and derives the settings that need more than parsing.
-func (cfg *config) finish() []error {
+func (cfg *Config) finish() []error {
 	var errs []error
-	sc := &cfg.sessions
+	sc := &cfg.Sessions
 	sc.InsecureCookie = !cfg.cookieSecure
 	switch strings.ToLower(cfg.sameSite) {
 	case "lax":
@@ -207,40 +219,40 @@ func (cfg *config) finish() []error {
 	if err := sc.Validate(); err != nil {
 		errs = append(errs, errors.Unwrap(err))
 	}
-	if cfg.grpcAddr == "" {
+	if cfg.GRPCAddr == "" {
 		errs = append(errs, errors.New("-grpc-addr: must not be empty"))
-	} else if strings.HasPrefix(cfg.grpcAddr, "unix:") && socketPath(cfg.grpcAddr) == "" {
-		errs = append(errs, fmt.Errorf("-grpc-addr: %q names no socket path (use unix:///path/to.sock)", cfg.grpcAddr))
+	} else if strings.HasPrefix(cfg.GRPCAddr, "unix:") && SocketPath(cfg.GRPCAddr) == "" {
+		errs = append(errs, fmt.Errorf("-grpc-addr: %q names no socket path (use unix:///path/to.sock)", cfg.GRPCAddr))
 	}
-	if cfg.adminAddr == "" {
+	if cfg.AdminAddr == "" {
 		errs = append(errs, errors.New("-admin-addr: must not be empty"))
 	}
-	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		errs = append(errs, errors.New("-tls-cert and -tls-key: give both or neither"))
 	}
-	if cfg.tlsClientCA != "" && cfg.tlsCert == "" {
+	if cfg.TLSClientCA != "" && cfg.TLSCert == "" {
 		errs = append(errs, errors.New("-tls-client-ca: needs -tls-cert and -tls-key (mTLS is TLS with client certificates)"))
 	}
-	switch cfg.logFormat {
+	switch cfg.LogFormat {
 	case "text", "json":
 	default:
-		errs = append(errs, fmt.Errorf("-log-format: %q is not text or json", cfg.logFormat))
+		errs = append(errs, fmt.Errorf("-log-format: %q is not text or json", cfg.LogFormat))
 	}
-	if err := cfg.logLevel.UnmarshalText([]byte(cfg.rawLogLevel)); err != nil {
+	if err := cfg.LogLevel.UnmarshalText([]byte(cfg.rawLogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("-log-level: %q is not debug, info, warn or error", cfg.rawLogLevel))
 	}
-	if cfg.shutdownGrace < 0 {
-		errs = append(errs, fmt.Errorf("-shutdown-grace: %v must not be negative", cfg.shutdownGrace))
+	if cfg.ShutdownGrace < 0 {
+		errs = append(errs, fmt.Errorf("-shutdown-grace: %v must not be negative", cfg.ShutdownGrace))
 	}
-	if cfg.drainDelay < 0 {
-		errs = append(errs, fmt.Errorf("-drain-delay: %v must not be negative", cfg.drainDelay))
+	if cfg.DrainDelay < 0 {
+		errs = append(errs, fmt.Errorf("-drain-delay: %v must not be negative", cfg.DrainDelay))
 	}
 	return errs
 }
 
-// socketPath returns the path of a unix: address (unix:///p, unix:/p,
+// SocketPath returns the path of a unix: address (unix:///p, unix:/p,
 // unix:p), or "".
-func socketPath(addr string) string {
+func SocketPath(addr string) string {
 	p := strings.TrimPrefix(addr, "unix:")
 	if strings.HasPrefix(p, "//") {
 		p = p[2:]

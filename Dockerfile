@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: static Go binaries on a distroless, non-root base.
+#   docker build -t proxysession .                    # the service (default target)
+#   docker build -t proxysession-demo --target demo . # the demo backend
+
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+ARG TARGETOS TARGETARCH
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
+    go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/proxysession ./cmd/demo-backend
+
+FROM gcr.io/distroless/static-debian12:nonroot AS demo
+COPY --from=build /out/demo-backend /demo-backend
+USER 65532:65532
+EXPOSE 8081
+ENTRYPOINT ["/demo-backend"]
+
+FROM gcr.io/distroless/static-debian12:nonroot AS proxysession
+COPY --from=build /out/proxysession /proxysession
+USER 65532:65532
+# 9002: ext_proc gRPC; 9090: admin (/healthz, /readyz, /metrics)
+EXPOSE 9002 9090
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 CMD ["/proxysession", "healthcheck"]
+ENTRYPOINT ["/proxysession"]

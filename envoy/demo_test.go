@@ -1,0 +1,122 @@
+package envoy_test
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/proxysession/proxysession/internal/config"
+	"github.com/proxysession/proxysession/internal/demo"
+	"github.com/proxysession/proxysession/processor"
+	"github.com/proxysession/proxysession/processor/envoytest"
+	"github.com/proxysession/proxysession/sessions"
+)
+
+// TestDemo runs the compose demo's story without Docker: proxysession
+// configured by docker-compose.yml's environment, the demo backend, and a
+// browser, with the Envoy stand-in between them.
+func TestDemo(t *testing.T) {
+	p := loadCompose(t)
+	cfg, err := config.Parse(nil, lookup(p.Services["proxysession"].Environment), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Sessions.Logger = slog.New(slog.DiscardHandler)
+	cache, err := sessions.New(cfg.Sessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(gs, processor.New(cache, processor.Options{Logger: cfg.Sessions.Logger}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	defer gs.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	backend := demo.New(lookupOr(p.Services["demo"].Environment, "DEMO_PROXY_COOKIE", ""))
+	filter := &envoytest.Filter{Client: extprocv3.NewExternalProcessorClient(conn), Backend: backend, MessageTimeout: 5 * time.Second}
+	browser := envoytest.NewBrowser(filter)
+	// Browsers treat http://localhost as secure; Go's cookie jar only
+	// sends Secure cookies over https, so the test browser uses https.
+	site := "https://localhost:8080"
+	u, _ := url.Parse(site + "/")
+
+	page := func(path string) string {
+		t.Helper()
+		resp, err := browser.Get(site + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	held := func() []string {
+		var names []string
+		for _, c := range browser.Jar.Cookies(u) {
+			names = append(names, c.Name)
+		}
+		slices.Sort(names)
+		return names
+	}
+
+	resp, err := browser.PostForm(site+"/login", url.Values{"user": {"alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := held(); !slices.Equal(got, []string{demo.CSRFCookie, sessions.DefaultCookieName}) {
+		t.Errorf("after login the browser holds %v, want only the session cookie and the CSRF token", got)
+	}
+	home := page("/")
+	for _, want := range []string{"Logged in as <b>alice</b>", "<td>sid</td>", "<td>remember_me</td><td>alice</td>", "<td>" + demo.CSRFCookie + "</td>"} {
+		if !strings.Contains(home, want) {
+			t.Errorf("home page lacks %q", want)
+		}
+	}
+	if strings.Contains(home, "<td>account_tab</td>") {
+		t.Error("the /account cookie reached /")
+	}
+	if !strings.Contains(page("/account/"), "<td>account_tab</td><td>profile</td>") {
+		t.Error("the /account cookie did not reach /account/")
+	}
+
+	var csrf string
+	for _, c := range browser.Jar.Cookies(u) {
+		if c.Name == demo.CSRFCookie {
+			csrf = c.Value
+		}
+	}
+	resp, err = browser.PostForm(site+"/logout", url.Values{"csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := held(); slices.Contains(got, sessions.DefaultCookieName) {
+		t.Errorf("after logout the browser holds %v", got)
+	}
+	if home := page("/"); strings.Contains(home, "Logged in") {
+		t.Error("still logged in after logout")
+	}
+	if st := cache.Stats(); st.SessionsEnded[sessions.EndLogout] != 1 || st.CookiesStored < 3 {
+		t.Errorf("engine stats %+v", st)
+	}
+	if st := filter.Stats(); st.LocalReplies != 0 || st.Spurious != 0 {
+		t.Errorf("Envoy stand-in saw %+v", st)
+	}
+}

@@ -1,0 +1,80 @@
+package config
+
+import (
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		check func(t *testing.T, c *Config)
+		errs  []string // substrings of the error, in any order
+	}{
+		{name: "defaults", check: func(t *testing.T, c *Config) {
+			if c.GRPCAddr != ":9002" || c.AdminAddr != ":9090" || !c.cookieSecure || c.Sessions.InsecureCookie ||
+				c.ShutdownGrace != 15*time.Second || c.LogFormat != "text" || c.LogLevel != slog.LevelInfo {
+				t.Errorf("defaults = %+v", c)
+			}
+		}},
+		{name: "flags", args: []string{"-grpc-addr", "unix:///run/ps.sock", "-cookie-secure=false", "-cookie-samesite", "Strict",
+			"-pass-through-cookies", " XSRF-TOKEN, _xsrf ,", "-session-lifetime", "8h", "-idle-timeout", "30m", "-log-level", "debug"},
+			check: func(t *testing.T, c *Config) {
+				if c.GRPCAddr != "unix:///run/ps.sock" || !c.Sessions.InsecureCookie || c.Sessions.SameSite.String() != "Strict" ||
+					strings.Join(c.Sessions.PassThrough, ",") != "XSRF-TOKEN,_xsrf" || c.Sessions.Lifetime != 8*time.Hour ||
+					c.Sessions.IdleTimeout != 30*time.Minute || c.LogLevel != slog.LevelDebug {
+					t.Errorf("config = %+v", c)
+				}
+			}},
+		{name: "environment", env: map[string]string{"PROXYSESSION_MAX_SESSIONS": "42", "PROXYSESSION_TRUST_FORWARDED_PROTO": "true", "PROXYSESSION_LOG_FORMAT": "json"},
+			check: func(t *testing.T, c *Config) {
+				if c.Sessions.MaxSessions != 42 || !c.Sessions.TrustForwardedProto || c.LogFormat != "json" {
+					t.Errorf("config = %+v", c)
+				}
+			}},
+		{name: "flag wins over environment", args: []string{"-max-sessions", "7"}, env: map[string]string{"PROXYSESSION_MAX_SESSIONS": "nonsense"},
+			check: func(t *testing.T, c *Config) {
+				if c.Sessions.MaxSessions != 7 {
+					t.Errorf("max sessions = %d", c.Sessions.MaxSessions)
+				}
+			}},
+		{name: "every error at once",
+			args: []string{"-session-lifetime", "soon", "-cookie-samesite", "sometimes", "-log-format", "xml", "-tls-cert", "c.pem", "stray"},
+			env:  map[string]string{"PROXYSESSION_MAX_SESSIONS": "many", "PROXYSESSION_COOKIE_SECURE": "maybe"},
+			errs: []string{`-session-lifetime: "soon" is not a duration`, `-cookie-samesite: "sometimes"`, `-log-format: "xml"`,
+				"-tls-cert and -tls-key", `unexpected arguments ["stray"]`, `$PROXYSESSION_MAX_SESSIONS: "many" is not an integer`,
+				`$PROXYSESSION_COOKIE_SECURE: "maybe" is not a boolean`}},
+		{name: "engine rules", args: []string{"-cookie-secure=false", "-cookie-name", "__Host-s", "-idle-timeout", "48h", "-max-cookies-per-domain", "3"},
+			errs: []string{"prefixes need a Secure cookie", "idle timeout 48h0m0s", "max cookies per domain 3"}},
+		{name: "samesite none needs secure", args: []string{"-cookie-secure=false", "-cookie-samesite", "none"}, errs: []string{"SameSite=None needs a Secure"}},
+		{name: "mtls needs tls", args: []string{"-tls-client-ca", "ca.pem"}, errs: []string{"-tls-client-ca: needs -tls-cert"}},
+		{name: "bad unix address", args: []string{"-grpc-addr", "unix://"}, errs: []string{"names no socket path"}},
+		{name: "unknown flag", args: []string{"-no-such-flag"}, errs: []string{"flag provided but not defined"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			c, err := Parse(tt.args, lookup, io.Discard)
+			if len(tt.errs) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				tt.check(t, c)
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, want := range tt.errs {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not mention %q:\n%v", want, err)
+				}
+			}
+		})
+	}
+}

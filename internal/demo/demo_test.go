@@ -1,0 +1,79 @@
+package demo
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func post(h http.Handler, path string, form url.Values, cookies ...*http.Cookie) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(form.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for _, c := range cookies {
+		r.AddCookie(c)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func TestLoginSetsTheDemoCookies(t *testing.T) {
+	h := New("__Host-proxysession")
+	w := post(h, "/login", url.Values{"user": {"alice"}})
+	if w.Code != http.StatusSeeOther {
+		t.Fatalf("status %d", w.Code)
+	}
+	got := map[string]*http.Cookie{}
+	for _, c := range w.Result().Cookies() {
+		got[c.Name] = c
+	}
+	if c := got["sid"]; c == nil || !c.HttpOnly || !strings.HasPrefix(c.Value, "alice.") {
+		t.Errorf("sid = %v", c)
+	}
+	if c := got["account_tab"]; c == nil || c.Path != "/account" {
+		t.Errorf("account_tab = %v", c)
+	}
+	if c := got["remember_me"]; c == nil || c.MaxAge != 30*24*3600 {
+		t.Errorf("remember_me = %v", c)
+	}
+	if c := got[CSRFCookie]; c == nil || c.HttpOnly || c.Value == "" {
+		t.Errorf("%s = %v, want a cookie JavaScript can read", CSRFCookie, c)
+	}
+	if w := post(h, "/login", url.Values{"user": {"a b"}}); w.Code != http.StatusBadRequest {
+		t.Errorf("bad user name: status %d", w.Code)
+	}
+}
+
+func TestPageShowsReceivedCookies(t *testing.T) {
+	h := New("__Host-proxysession")
+	r := httptest.NewRequest(http.MethodGet, "/account/", nil)
+	r.Header.Set("Cookie", "sid=alice.x; account_tab=profile; XSRF-TOKEN=tok")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	body := w.Body.String()
+	for _, want := range []string{"Logged in as <b>alice</b>", "<td>account_tab</td><td>profile</td>", "__Host-proxysession", `value="tok"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if w.Header().Get("Cache-Control") != "no-store" {
+		t.Error("page may be cached")
+	}
+}
+
+func TestLogoutNeedsTheCSRFToken(t *testing.T) {
+	h := New("__Host-proxysession")
+	token := &http.Cookie{Name: CSRFCookie, Value: "tok"}
+	if w := post(h, "/logout", url.Values{"csrf": {"wrong"}}, token); w.Code != http.StatusForbidden {
+		t.Errorf("wrong token: status %d", w.Code)
+	}
+	if w := post(h, "/logout", url.Values{"csrf": {"tok"}}); w.Code != http.StatusForbidden {
+		t.Errorf("no cookie: status %d", w.Code)
+	}
+	w := post(h, "/logout", url.Values{"csrf": {"tok"}}, token)
+	if w.Code != http.StatusSeeOther || w.Header().Get("Clear-Site-Data") != `"cookies"` {
+		t.Errorf("logout: status %d, Clear-Site-Data %q", w.Code, w.Header().Get("Clear-Site-Data"))
+	}
+}
