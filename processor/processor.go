@@ -171,19 +171,21 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 	if err := s.engine.Expand(ctx, &req, &st.x); err != nil {
 		return s.unavailable(ctx, phaseRequestHeaders, start, err)
 	}
-	var mutation *extprocv3.HeaderMutation
-	if st.x.RewriteCookie {
-		mutation = &extprocv3.HeaderMutation{}
+	var reply *headersReply
+	if !st.x.RewriteCookie {
+		reply = newHeadersReply(phaseRequestHeaders, false)
+	} else {
+		reply = newHeadersReply(phaseRequestHeaders, true)
 		if st.x.Cookie == "" {
-			mutation.RemoveHeaders = []string{"cookie"}
+			reply.mutation.RemoveHeaders = removeCookie
+		} else if len(st.x.Cookie) <= maxHeaderValueBytes {
+			reply.mutation.SetHeaders = reply.set(0, "cookie", st.x.Cookie, false)
 		} else {
-			mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
+			reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
 		}
 	}
-	s.metrics.observe(phaseRequestHeaders, mutation != nil, start)
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-		RequestHeaders: headersResponse(mutation),
-	}}
+	s.metrics.observe(phaseRequestHeaders, st.x.RewriteCookie, start)
+	return &reply.resp
 }
 
 // responseHeaders swaps the backend's Set-Cookie headers for the session
@@ -213,11 +215,12 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 	if err != nil {
 		return s.unavailable(ctx, phaseResponseHeaders, start, err)
 	}
-	var mutation *extprocv3.HeaderMutation
-	if edit.RemoveSetCookie || len(edit.SetCookie) > 0 || edit.CacheControl != "" {
-		mutation = &extprocv3.HeaderMutation{}
+	modified := edit.RemoveSetCookie || len(edit.SetCookie) > 0 || edit.CacheControl != ""
+	reply := newHeadersReply(phaseResponseHeaders, modified)
+	if modified {
+		m := &reply.mutation
 		if edit.RemoveSetCookie {
-			mutation.RemoveHeaders = []string{"set-cookie"}
+			m.RemoveHeaders = removeSetCookie
 		}
 		for _, v := range edit.SetCookie {
 			if len(v) > maxHeaderValueBytes {
@@ -230,16 +233,65 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 			}
 			// Several Set-Cookie entries need append: Envoy ignores
 			// append_action and overwrites when append is unset.
-			mutation.SetHeaders = append(mutation.SetHeaders, header("set-cookie", v, true))
+			m.SetHeaders = append(m.SetHeaders, header("set-cookie", v, true))
 		}
 		if edit.CacheControl != "" {
-			mutation.SetHeaders = append(mutation.SetHeaders, header("cache-control", edit.CacheControl, false))
+			m.SetHeaders = append(m.SetHeaders, header("cache-control", edit.CacheControl, false))
 		}
 	}
-	s.metrics.observe(phaseResponseHeaders, mutation != nil, start)
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
-		ResponseHeaders: headersResponse(mutation),
-	}}
+	s.metrics.observe(phaseResponseHeaders, modified, start)
+	return &reply.resp
+}
+
+// Header names to remove, shared by all replies (marshalling only reads).
+var (
+	removeCookie    = []string{"cookie"}
+	removeSetCookie = []string{"set-cookie"}
+)
+
+// headersReply is a reply to a headers message, with room for one
+// set_headers entry, allocated at once: a reply is a tree of small
+// messages, and one allocation instead of eight matters per request.
+type headersReply struct {
+	resp     extprocv3.ProcessingResponse
+	req      extprocv3.ProcessingResponse_RequestHeaders
+	res      extprocv3.ProcessingResponse_ResponseHeaders
+	headers  extprocv3.HeadersResponse
+	common   extprocv3.CommonResponse
+	mutation extprocv3.HeaderMutation
+	setOne   [1]*corev3.HeaderValueOption
+	option   corev3.HeaderValueOption
+	value    corev3.HeaderValue
+}
+
+// newHeadersReply links the reply's messages; without a mutation it says
+// "continue unchanged".
+func newHeadersReply(p phase, withMutation bool) *headersReply {
+	r := &headersReply{}
+	if p == phaseRequestHeaders {
+		r.req.RequestHeaders = &r.headers
+		r.resp.Response = &r.req
+	} else {
+		r.res.ResponseHeaders = &r.headers
+		r.resp.Response = &r.res
+	}
+	if withMutation {
+		r.headers.Response = &r.common
+		r.common.HeaderMutation = &r.mutation
+	}
+	return r
+}
+
+// set fills the reply's own set_headers entry i (0) and returns the
+// entries.
+func (r *headersReply) set(i int, key, value string, appendValue bool) []*corev3.HeaderValueOption {
+	r.value = corev3.HeaderValue{Key: key, RawValue: readOnlyBytes(value)}
+	r.option.Header = &r.value
+	if appendValue {
+		r.option.Append = wrapperspb.Bool(true)
+	}
+	r.setOne[i] = &r.option
+	return r.setOne[:]
 }
 
 // sessionRequest collects what the engine needs from the request headers.
@@ -355,14 +407,6 @@ func (s *Server) unavailable(ctx context.Context, p phase, start time.Time, err 
 			Details: "proxysession_session_store_unavailable",
 		},
 	}}
-}
-
-// headersResponse wraps a mutation; nil means continue unchanged.
-func headersResponse(m *extprocv3.HeaderMutation) *extprocv3.HeadersResponse {
-	if m == nil {
-		return &extprocv3.HeadersResponse{}
-	}
-	return &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: m}}
 }
 
 // header returns a set_headers entry. The value goes in raw_value only:

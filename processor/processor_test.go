@@ -53,7 +53,7 @@ func newHarnessWithEngine(t testing.TB, cache *sessions.Cache, engine Engine, ba
 	t.Helper()
 	metrics := NewMetrics()
 	srv := New(engine, Options{Logger: slog.New(slog.DiscardHandler), Metrics: metrics})
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.ForceServerCodecV2(Codec()))
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -102,13 +102,14 @@ type Cache struct {
 
 // Validate reports every invalid setting of cfg in one error, or nil.
 func (cfg Config) Validate() error {
-	_, err := cfg.withDefaults()
+	_, err := cfg.WithDefaults()
 	return err
 }
 
-// withDefaults returns cfg with defaults filled in, or an error that
-// lists every invalid setting.
-func (cfg Config) withDefaults() (Config, error) {
+// WithDefaults returns cfg with every zero field set to its default (the
+// values New uses), or an error that lists every invalid setting. Stores
+// that expire sessions themselves take their lifetimes from it.
+func (cfg Config) WithDefaults() (Config, error) {
 	var errs []error
 	if cfg.CookieName == "" {
 		cfg.CookieName = DefaultCookieName
@@ -176,7 +177,7 @@ func (cfg Config) withDefaults() (Config, error) {
 // New returns a Cache configured by cfg, or an error that lists every
 // invalid setting.
 func New(cfg Config) (*Cache, error) {
-	cfg, err := cfg.withDefaults()
+	cfg, err := cfg.WithDefaults()
 	if err != nil {
 		return nil, err
 	}

@@ -146,20 +146,20 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 		}
 		return storeResult{deleted: true}
 	}
-	if ch != nil {
-		ch.store(&c)
-	}
 	if replace >= 0 {
 		// Same identity, so same path and creation time: same place.
 		s.cookies[replace] = c
-		return storeResult{stored: true, evicted: s.enforceLimits(domain, now, lim, ch)}
+	} else {
+		// Creation times order cookies of equal path length, so they must
+		// be unique within the jar.
+		for i := range s.cookies {
+			c.created = max(c.created, s.cookies[i].created+1)
+		}
+		s.insert(c)
 	}
-	// Creation times order cookies of equal path length, so they must be
-	// unique within the jar.
-	for i := range s.cookies {
-		c.created = max(c.created, s.cookies[i].created+1)
+	if ch != nil {
+		ch.store(&c)
 	}
-	s.insert(c)
 	return storeResult{stored: true, evicted: s.enforceLimits(domain, now, lim, ch)}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 )
@@ -66,11 +67,22 @@ func NewMemoryStore(maxSessions int) (*MemoryStore, error) {
 	return &MemoryStore{cache: c, size: maxSessions}, nil
 }
 
+// recencyGranularity is how often a session in use moves to the front of
+// the LRU order: moving it on every request costs more (a write lock and
+// its neighbours' cache lines) than one second of precision is worth.
+const recencyGranularity = int64(time.Second)
+
 // Find implements Store.
 func (m *MemoryStore) Find(_ context.Context, id ID) (*Session, error) {
-	s, ok := m.cache.Get(id.Key())
+	s, ok := m.cache.Peek(id.Key())
 	if !ok {
 		return nil, nil
+	}
+	// The first use after creation promotes the session out of 2Q's
+	// "recent" queue (scan resistance depends on it); later uses refresh
+	// its place at most once per recencyGranularity.
+	if seen := s.lastSeen.Load(); seen == s.created || time.Now().UnixNano()-seen >= recencyGranularity {
+		m.cache.Get(id.Key())
 	}
 	secret, want := id.Secret(), s.id.Secret()
 	if subtle.ConstantTimeCompare(secret[:], want[:]) != 1 {

@@ -198,3 +198,56 @@ func TestCookieEncodingRejectsGarbage(t *testing.T) {
 		t.Errorf("RestoreSession cookies = %+v", got)
 	}
 }
+
+// TestChangesCarryTheJarsCookies: what a serialising store is told to
+// write is exactly what the jar holds, creation times included (they
+// order cookies of equal path length).
+func TestChangesCarryTheJarsCookies(t *testing.T) {
+	s := newSession(newID(), 1000)
+	var ch Changes
+	o := origin{host: "example.com", path: "/", secure: true}
+	lim := jarLimits{maxLifetime: int64(maxCookieAge), perDomain: 50, perSession: 60, bytes: 8 << 10}
+	for _, line := range []string{"a=1", "b=2", "c=3"} {
+		sc, _ := parseSetCookie(line)
+		s.setCookie(&sc, &o, 1000, &lim, &ch)
+	}
+	if len(ch.Stored) != 3 {
+		t.Fatalf("journal holds %d cookies", len(ch.Stored))
+	}
+	for i, c := range s.cookies {
+		if ch.Stored[i] != c {
+			t.Errorf("journal cookie %d = %+v, jar holds %+v", i, ch.Stored[i], c)
+		}
+	}
+}
+
+// TestCacheIsScanResistant is the flood of TestMemoryStoreIsScanResistant
+// through the engine, where sessions in use mostly take the store's
+// Peek path: their first use must still promote them.
+func TestCacheIsScanResistant(t *testing.T) {
+	const capacity, active = 1000, 400
+	c := newTestCache(t, Config{MaxSessions: capacity, Logger: discardLogger()})
+	u := mustURL(t, "https://example.com/")
+	jars := make([]browserJar, active)
+	for i := range jars {
+		jars[i] = exchange(t, c, u, nil, []string{"a=1"})
+		expand(t, c, u, jars[i]) // in use
+	}
+	next := 0
+	for n := range 10 * capacity {
+		exchange(t, c, u, nil, []string{"bot=1"})
+		if n%(2*capacity/active) == 0 {
+			expand(t, c, u, jars[next%active])
+			next++
+		}
+	}
+	found := 0
+	for _, jar := range jars {
+		if x := expand(t, c, u, jar); x.HasSession() {
+			found++
+		}
+	}
+	if found < active*9/10 {
+		t.Errorf("%d of %d sessions in use survived the flood, want ≥ 90%%", found, active)
+	}
+}

@@ -5,9 +5,12 @@
 // per second, p50/p99 latency, and the server's CPU time per request.
 //
 // Each server runs in its own child process (this binary, re-executed),
-// so its CPU time is measured apart from the load generator's.
+// so its CPU time is measured apart from the load generator's. The
+// proxysession-redis target uses the Redis store on -redis-addr (whose
+// database it flushes first; Redis's own CPU is not counted).
 //
 //	go run ./cmd/extproc-bench -duration 10s -concurrency 32
+//	go run ./cmd/extproc-bench -targets noop,proxysession,proxysession-redis -redis-addr 127.0.0.1:6379
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,11 +36,13 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/proxysession/proxysession/processor"
 	"github.com/proxysession/proxysession/sessions"
+	"github.com/proxysession/proxysession/sessions/redisstore"
 )
 
 func main() {
@@ -44,21 +50,24 @@ func main() {
 		serve       = flag.String("serve", "", "internal: run as the child server (noop or proxysession)")
 		duration    = flag.Duration("duration", 5*time.Second, "measured load per target and round")
 		warmup      = flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
-		concurrency = flag.Int("concurrency", 16, "requests in flight at once (Envoy: one stream per request in flight)")
+		concurrency = flag.Int("concurrency", 16, "requests in flight at most (Envoy: one stream per request in flight)")
+		rate        = flag.Int("rate", 3000, "requests per second, paced, the same for every target (0: as fast as each target answers)")
 		connections = flag.Int("connections", 2, "gRPC connections (Envoy: one per worker thread)")
 		rounds      = flag.Int("rounds", 3, "alternating rounds per target; the report shows medians")
 		nSessions   = flag.Int("sessions", 1000, "established sessions, each with 3 backend cookies")
-		targets     = flag.String("targets", "noop,proxysession", "servers to measure, comma-separated")
+		targets     = flag.String("targets", "noop,proxysession", "servers to measure, comma-separated: noop, proxysession, proxysession-redis")
+		redisAddr   = flag.String("redis-addr", "", "Redis for the proxysession-redis target (e.g. a local redis-server on 127.0.0.1:6379)")
+		cpuProfile  = flag.String("server-cpuprofile", "", "write a CPU profile of each server to this file, suffixed with the target's name")
 	)
 	flag.Parse()
 	if *serve != "" {
-		if err := child(*serve); err != nil {
+		if err := child(*serve, *redisAddr, *cpuProfile); err != nil {
 			fmt.Fprintln(os.Stderr, "extproc-bench child:", err)
 			os.Exit(1)
 		}
 		return
 	}
-	b := &bench{duration: *duration, warmup: *warmup, concurrency: *concurrency, connections: *connections, sessions: *nSessions}
+	b := &bench{rate: *rate, duration: *duration, warmup: *warmup, concurrency: *concurrency, connections: *connections, sessions: *nSessions, redisAddr: *redisAddr, cpuProfile: *cpuProfile}
 	if err := b.run(strings.Split(*targets, ","), *rounds, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "extproc-bench:", err)
 		os.Exit(1)
@@ -67,17 +76,35 @@ func main() {
 
 // child serves ext_proc on loopback, prints "addr ADDR", then answers
 // each "cpu" line on stdin with its CPU time so far in microseconds.
-func child(kind string) error {
-	gs := grpc.NewServer()
+func child(kind, redisAddr, cpuProfile string) error {
+	var opts []grpc.ServerOption
+	if kind != "noop" {
+		opts = append(opts, grpc.ForceServerCodecV2(processor.Codec())) // as cmd/proxysession
+	}
+	gs := grpc.NewServer(opts...)
+	log := slog.New(slog.DiscardHandler)
 	switch kind {
 	case "noop":
 		extprocv3.RegisterExternalProcessorServer(gs, noop{})
-	case "proxysession":
-		cache, err := sessions.New(sessions.Config{Logger: slog.New(slog.DiscardHandler)})
+	case "proxysession", "proxysession-redis":
+		cfg := sessions.Config{Logger: log}
+		if kind == "proxysession-redis" {
+			client := redis.NewClient(&redis.Options{Addr: redisAddr, ReadTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
+			defer client.Close()
+			if err := client.FlushDB(context.Background()).Err(); err != nil {
+				return fmt.Errorf("redis at %q: %w", redisAddr, err)
+			}
+			store, err := redisstore.New(client, redisstore.Options{Lifetime: sessions.DefaultLifetime, IdleTimeout: sessions.DefaultIdleTimeout, Logger: log})
+			if err != nil {
+				return err
+			}
+			cfg.Store = store
+		}
+		cache, err := sessions.New(cfg)
 		if err != nil {
 			return err
 		}
-		extprocv3.RegisterExternalProcessorServer(gs, processor.New(cache, processor.Options{Logger: slog.New(slog.DiscardHandler)}))
+		extprocv3.RegisterExternalProcessorServer(gs, processor.New(cache, processor.Options{Logger: log}))
 	default:
 		return fmt.Errorf("unknown server %q", kind)
 	}
@@ -88,7 +115,21 @@ func child(kind string) error {
 	go gs.Serve(lis)
 	fmt.Printf("addr %s\n", lis.Addr())
 	in := bufio.NewScanner(os.Stdin)
+	profiling := false
 	for in.Scan() {
+		// The first "cpu" marks the start of the measurement.
+		if cpuProfile != "" && !profiling {
+			f, err := os.Create(cpuProfile + "." + kind)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+			profiling = true
+		}
 		var ru syscall.Rusage
 		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 			return err
@@ -127,9 +168,11 @@ func (noop) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 }
 
 type bench struct {
+	rate                  int
 	duration, warmup      time.Duration
 	concurrency, sessions int
 	connections           int
+	redisAddr, cpuProfile string
 }
 
 // result is one measurement of one target.
@@ -161,13 +204,20 @@ func (b *bench) run(targets []string, rounds int, out io.Writer) error {
 		fmt.Fprintf(w, "%s\t%.0f\t%v\t%v\t%v\t\n", target, m.rps, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.cpuPerRequest.Round(100*time.Nanosecond))
 	}
 	w.Flush()
-	if n, p := medians["noop"], medians["proxysession"]; n.rps > 0 && p.rps > 0 {
-		fmt.Fprintf(out, "\nproxysession/noop: CPU per request %.2f×, req/s %.2f×, p50 %.2f×, p99 %.2f×\n",
-			float64(p.cpuPerRequest)/float64(n.cpuPerRequest), p.rps/n.rps,
-			float64(p.p50)/float64(n.p50), float64(p.p99)/float64(n.p99))
+	fmt.Fprintln(out)
+	for _, target := range targets {
+		if n, p := medians["noop"], medians[target]; target != "noop" && n.rps > 0 && p.rps > 0 {
+			fmt.Fprintf(out, "%s/noop: CPU per request %.2f×, req/s %.2f×, p50 %.2f×, p99 %.2f×\n", target,
+				float64(p.cpuPerRequest)/float64(n.cpuPerRequest), p.rps/n.rps,
+				float64(p.p50)/float64(n.p50), float64(p.p99)/float64(n.p99))
+		}
 	}
-	fmt.Fprintf(out, "(medians of %d rounds of %v; %d streams in flight over %d connections; %d sessions with 3 cookies; Set-Cookie on every 4th response)\n",
-		rounds, b.duration, b.concurrency, b.connections, b.sessions)
+	load := "as fast as each target answers"
+	if b.rate > 0 {
+		load = fmt.Sprintf("paced at %d requests/s", b.rate)
+	}
+	fmt.Fprintf(out, "(medians of %d rounds of %v, %s; at most %d streams in flight over %d connections; %d sessions with 3 cookies; Set-Cookie on every 4th response)\n",
+		rounds, b.duration, load, b.concurrency, b.connections, b.sessions)
 	return nil
 }
 
@@ -196,12 +246,12 @@ type server struct {
 	addr  string
 }
 
-func startServer(kind string) (*server, error) {
+func (b *bench) startServer(kind string) (*server, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-serve", kind)
+	cmd := exec.Command(exe, "-serve", kind, "-redis-addr", b.redisAddr, "-server-cpuprofile", b.cpuProfile)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -255,7 +305,7 @@ func (s *server) stop() {
 
 // measure runs warm-up and measured load against a fresh server.
 func (b *bench) measure(kind string) (result, error) {
-	srv, err := startServer(kind)
+	srv, err := b.startServer(kind)
 	if err != nil {
 		return result{}, err
 	}
@@ -297,9 +347,28 @@ func (b *bench) measure(kind string) (result, error) {
 	}, nil
 }
 
-// load runs concurrency workers for d and returns every request's latency.
+// load runs the workers for d and returns every request's latency. With
+// a rate, requests are paced and each latency counts from the moment its
+// request was due, so that a slow server's queueing is not hidden.
 func (b *bench) load(clients []extprocv3.ExternalProcessorClient, w *workload, d time.Duration) []time.Duration {
-	deadline := time.Now().Add(d)
+	start := time.Now()
+	deadline := start.Add(d)
+	var due chan time.Time
+	if b.rate > 0 {
+		due = make(chan time.Time, b.rate)
+		go func() {
+			defer close(due)
+			interval := time.Second / time.Duration(b.rate)
+			for n := 0; ; n++ {
+				at := start.Add(time.Duration(n) * interval)
+				if at.After(deadline) {
+					return
+				}
+				time.Sleep(time.Until(at))
+				due <- at
+			}
+		}()
+	}
 	var mu sync.Mutex
 	var all []time.Duration
 	var wg sync.WaitGroup
@@ -307,13 +376,22 @@ func (b *bench) load(clients []extprocv3.ExternalProcessorClient, w *workload, d
 		wg.Go(func() {
 			client := clients[worker%len(clients)]
 			var lat []time.Duration
-			for i := worker; time.Now().Before(deadline); i += b.concurrency {
-				start := time.Now()
+			for i := worker; ; i += b.concurrency {
+				begin := time.Now()
+				if due != nil {
+					at, ok := <-due
+					if !ok {
+						break
+					}
+					begin = at
+				} else if begin.After(deadline) {
+					break
+				}
 				if err := w.exchange(client, i); err != nil {
 					fmt.Fprintln(os.Stderr, "request failed:", err)
 					return
 				}
-				lat = append(lat, time.Since(start))
+				lat = append(lat, time.Since(begin))
 			}
 			mu.Lock()
 			all = append(all, lat...)

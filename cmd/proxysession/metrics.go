@@ -14,6 +14,7 @@ type sessionsCollector struct {
 	active, created, ended, unknownIDs *prometheus.Desc
 	stored, deleted, evicted, passed   *prometheus.Desc
 	rejected                           *prometheus.Desc
+	storeFailures, undecryptable       *prometheus.Desc
 }
 
 func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
@@ -21,21 +22,23 @@ func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
 		return prometheus.NewDesc("proxysession_"+name, help, labels, nil)
 	}
 	return &sessionsCollector{
-		cache:      cache,
-		active:     d("sessions_active", "Sessions held by the store (memory store only)."),
-		created:    d("sessions_created_total", "Sessions created (a backend set the first cookie)."),
-		ended:      d("sessions_ended_total", "Sessions ended, by reason: expired (absolute lifetime), idle, evicted (memory store full), logout (Clear-Site-Data).", "reason"),
-		unknownIDs: d("unknown_session_ids_total", "Session cookies presented with a malformed, unknown, evicted or expired id."),
-		stored:     d("cookies_captured_total", "Backend cookies stored in a session's jar (added or replaced)."),
-		deleted:    d("cookies_deleted_total", "Backend cookies deleted by the backend (sent already expired)."),
-		evicted:    d("cookies_evicted_total", "Stored cookies evicted by the per-session limits."),
-		passed:     d("cookies_passed_through_total", "Pass-through cookies sent on to the browser."),
-		rejected:   d("cookies_rejected_total", "Backend cookies rejected, by reason (RFC 6265bis rule or session policy).", "reason"),
+		cache:         cache,
+		active:        d("sessions_active", "Sessions held by the store (memory store only)."),
+		created:       d("sessions_created_total", "Sessions created (a backend set the first cookie)."),
+		ended:         d("sessions_ended_total", "Sessions ended, by reason: expired (absolute lifetime), idle, evicted (memory store full), logout (Clear-Site-Data).", "reason"),
+		unknownIDs:    d("unknown_session_ids_total", "Session cookies presented with a malformed, unknown, evicted or expired id."),
+		stored:        d("cookies_captured_total", "Backend cookies stored in a session's jar (added or replaced)."),
+		deleted:       d("cookies_deleted_total", "Backend cookies deleted by the backend (sent already expired)."),
+		evicted:       d("cookies_evicted_total", "Stored cookies evicted by the per-session limits."),
+		passed:        d("cookies_passed_through_total", "Pass-through cookies sent on to the browser."),
+		rejected:      d("cookies_rejected_total", "Backend cookies rejected, by reason (RFC 6265bis rule or session policy).", "reason"),
+		storeFailures: d("store_failures_total", "Operations of the shared session store that failed (timeouts, Redis down); the requests concerned got 503."),
+		undecryptable: d("store_undecryptable_records_total", "Records of the shared session store that failed authentication (tampered with, or corrupt) and were ignored."),
 	}
 }
 
 func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.stored, c.deleted, c.evicted, c.passed, c.rejected} {
+	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.storeFailures, c.undecryptable} {
 		ch <- d
 	}
 }
@@ -59,5 +62,12 @@ func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.passed, s.CookiesPassed)
 	for reason, n := range s.CookiesRejected {
 		counter(c.rejected, n, reason.String())
+	}
+	if st, ok := c.cache.Store().(interface {
+		Failures() uint64
+		Undecryptable() uint64
+	}); ok {
+		counter(c.storeFailures, st.Failures())
+		counter(c.undecryptable, st.Undecryptable())
 	}
 }

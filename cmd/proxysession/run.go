@@ -114,6 +114,14 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 func serve(ctx context.Context, cfg *config.Config, logOut io.Writer) error {
 	log := newLogger(cfg, logOut)
 	cfg.Sessions.Logger = log
+	store, closeStore, err := newStore(ctx, cfg, log)
+	if err != nil {
+		return &usageError{err}
+	}
+	defer closeStore()
+	if store != nil {
+		cfg.Sessions.Store = store
+	}
 	cache, err := sessions.New(cfg.Sessions)
 	if err != nil {
 		return &usageError{err}
@@ -128,9 +136,10 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer) error {
 
 	// Envoy may send HTTP/2 keepalive pings (connection_keepalive); grpc-go
 	// would answer pings more often than every 5 minutes with GOAWAY.
-	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
-		MinTime: 10 * time.Second, PermitWithoutStream: true,
-	})}
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ForceServerCodecV2(processor.Codec()),
+	}
 	if cfg.TLSCert != "" {
 		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, log)
 		if err != nil {
@@ -175,7 +184,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer) error {
 	log.Info("proxysession serving",
 		slog.String("grpc", grpcListener.Addr().String()), slog.String("admin", adminListener.Addr().String()),
 		slog.Bool("tls", cfg.TLSCert != ""), slog.Bool("mtls", cfg.TLSClientCA != ""),
-		slog.String("store", "memory"), slog.String("cookie", cache.CookieName()))
+		slog.String("store", cfg.Store), slog.String("cookie", cache.CookieName()))
 
 	var serveErr error
 	select {

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/proxysession/proxysession/internal/redistest"
 	"github.com/proxysession/proxysession/processor/envoytest"
 )
 
@@ -449,4 +450,85 @@ func mustKey(t *testing.T) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return key
+}
+
+// TestRedisStore runs two instances on one real Redis: a browser whose
+// requests alternate between them keeps its session, and an instance
+// whose Redis password is wrong starts, reports not ready, and answers
+// requests that need the store with 503.
+func TestRedisStore(t *testing.T) {
+	srv := redistest.Start(t, "--requirepass", "s3cret")
+	t.Setenv("PROXYSESSION_REDIS_PASSWORD", "s3cret")
+	a := start(t, "-store", "redis", "-redis-addr", srv.Addr)
+	b := start(t, "-store", "redis", "-redis-addr", srv.Addr)
+	f := &envoytest.Filter{Backend: loginBackend(), MessageTimeout: 5 * time.Second}
+	clients := []extprocv3.ExternalProcessorClient{
+		extprocv3.NewExternalProcessorClient(dial(t, a.grpcAddr, nil)),
+		extprocv3.NewExternalProcessorClient(dial(t, b.grpcAddr, nil)),
+	}
+	browser := envoytest.NewBrowser(f)
+	for i, path := range []string{"/login", "/page", "/page", "/page"} {
+		f.Client = clients[i%2] // Envoy spreads streams over the replicas
+		resp, err := browser.Get("https://app.test" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if path == "/page" && string(body) != "sid=42" {
+			t.Errorf("request %d through replica %d: backend saw %q", i, i%2, body)
+		}
+	}
+	if code, _ := httpGet(t, "http://"+a.adminAddr+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz = %d", code)
+	}
+	if _, metrics := httpGet(t, "http://"+b.adminAddr+"/metrics"); !strings.Contains(metrics, "proxysession_store_failures_total 0") {
+		t.Error("/metrics lacks the store's counters")
+	}
+
+	// Redis dies: requests of the session get 503 with Retry-After, the
+	// instance is not ready; Redis comes back: all is as before.
+	srv.Kill()
+	resp, err := browser.Get("https://app.test/page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("while Redis is down: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if code, _ := httpGet(t, "http://"+a.adminAddr+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while Redis is down = %d", code)
+	}
+	srv.Restart()
+	if code, body := httpGet(t, "http://"+a.adminAddr+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after Redis came back = %d %q", code, body)
+	}
+	resp, err = browser.Get("https://app.test/page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "sid=42" {
+		t.Errorf("after Redis came back the backend saw %q", body)
+	}
+
+	t.Setenv("PROXYSESSION_REDIS_PASSWORD", "wrong")
+	bad := start(t, "-store", "redis", "-redis-addr", srv.Addr)
+	if code, body := httpGet(t, "http://"+bad.adminAddr+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "WRONGPASS") {
+		t.Errorf("/readyz with a wrong password = %d %q", code, body)
+	}
+	if !strings.Contains(bad.logs.String(), "WRONGPASS") {
+		t.Error("the wrong password is not logged clearly")
+	}
+	f.Client = extprocv3.NewExternalProcessorClient(dial(t, bad.grpcAddr, nil))
+	resp, err = browser.Get("https://app.test/page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("request through the instance without its store: %d", resp.StatusCode)
+	}
 }

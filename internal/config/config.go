@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/proxysession/proxysession/sessions"
 )
@@ -29,6 +32,9 @@ type Config struct {
 	ShutdownGrace, DrainDelay    time.Duration
 	// Sessions configures the session engine (Logger and Store unset).
 	Sessions sessions.Config
+	// Store is "memory" or "redis"; Redis configures the latter.
+	Store string
+	Redis Redis
 
 	cookieSecure                       bool
 	sameSite, passThrough, rawLogLevel string
@@ -37,6 +43,24 @@ type Config struct {
 // EnvPrefix prefixes the environment variable of every flag:
 // -session-lifetime is PROXYSESSION_SESSION_LIFETIME.
 const EnvPrefix = "PROXYSESSION_"
+
+// Redis is the shared store's connection.
+type Redis struct {
+	// Addrs are host:port seeds: one server, sentinels (with
+	// SentinelMaster) or cluster nodes (several, or Cluster).
+	Addrs []string
+	// URL is a redis:// or rediss:// URL, instead of Addrs.
+	URL                string
+	Username, Password string
+	DB                 int
+	TLS                bool
+	TLSCA              string // PEM file; the system roots if empty
+	SentinelMaster     string
+	Cluster            bool
+	Timeout            time.Duration // per operation
+	KeyPrefix          string
+	rawAddrs           string
+}
 
 // Default listen addresses.
 const (
@@ -138,6 +162,18 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.integer(&sc.MaxCookiesPerDomain, "max-cookies-per-domain", sessions.DefaultMaxCookiesPerDomain, "cookies a session keeps per domain (at least 50)")
 	o.integer(&sc.MaxCookiesPerSession, "max-cookies-per-session", sessions.DefaultMaxCookiesPerSession, "cookies a session keeps in all")
 	o.integer(&sc.MaxBytesPerSession, "max-bytes-per-session", sessions.DefaultMaxBytesPerSession, "bytes of cookies a session keeps (names, values, domains, paths; at least 8192)")
+	o.str(&cfg.Store, "store", "memory", "session store: memory (one process) or redis (shared by replicas; Redis or Valkey)")
+	o.str(&cfg.Redis.rawAddrs, "redis-addr", "", "with -store redis: comma-separated host:port of the server, the sentinels (with -redis-sentinel-master) or cluster nodes")
+	o.str(&cfg.Redis.URL, "redis-url", "", "with -store redis: redis:// or rediss:// URL, instead of -redis-addr")
+	o.str(&cfg.Redis.Username, "redis-username", "", "Redis ACL user name")
+	o.str(&cfg.Redis.Password, "redis-password", "", "Redis password (prefer the environment variable)")
+	o.integer(&cfg.Redis.DB, "redis-db", 0, "Redis database number (not with a cluster)")
+	o.boolean(&cfg.Redis.TLS, "redis-tls", false, "connect to Redis over TLS")
+	o.str(&cfg.Redis.TLSCA, "redis-tls-ca", "", "PEM CA bundle to verify Redis's certificate (default: the system's)")
+	o.str(&cfg.Redis.SentinelMaster, "redis-sentinel-master", "", "Redis Sentinel master name; -redis-addr lists the sentinels")
+	o.boolean(&cfg.Redis.Cluster, "redis-cluster", false, "Redis Cluster, even with a single -redis-addr (a configuration endpoint)")
+	o.duration(&cfg.Redis.Timeout, "redis-timeout", 100*time.Millisecond, "bound on each Redis operation; keep it well under Envoy's message_timeout (200ms)")
+	o.str(&cfg.Redis.KeyPrefix, "redis-key-prefix", "proxysession:", "prefix of proxysession's Redis keys")
 	o.str(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	o.str(&cfg.rawLogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	o.str(&cfg.TLSCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")
@@ -233,6 +269,7 @@ func (cfg *Config) finish() []error {
 	if cfg.TLSClientCA != "" && cfg.TLSCert == "" {
 		errs = append(errs, errors.New("-tls-client-ca: needs -tls-cert and -tls-key (mTLS is TLS with client certificates)"))
 	}
+	errs = append(errs, cfg.finishStore()...)
 	switch cfg.LogFormat {
 	case "text", "json":
 	default:
@@ -258,4 +295,58 @@ func SocketPath(addr string) string {
 		p = p[2:]
 	}
 	return p
+}
+
+// finishStore validates the store settings. Redis settings are ignored
+// with the memory store, so that an environment can carry them for a
+// switch of -store alone.
+func (cfg *Config) finishStore() []error {
+	var errs []error
+	r := &cfg.Redis
+	for a := range strings.SplitSeq(r.rawAddrs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			r.Addrs = append(r.Addrs, a)
+		}
+	}
+	switch cfg.Store {
+	case "memory":
+		return nil
+	case "redis":
+	default:
+		return []error{fmt.Errorf("-store: %q is not memory or redis", cfg.Store)}
+	}
+	switch {
+	case len(r.Addrs) == 0 && r.URL == "":
+		errs = append(errs, errors.New("-store redis: give -redis-addr or -redis-url"))
+	case len(r.Addrs) > 0 && r.URL != "":
+		errs = append(errs, errors.New("-redis-addr and -redis-url: give one, not both"))
+	case r.URL != "":
+		if _, err := redis.ParseURL(r.URL); err != nil {
+			errs = append(errs, fmt.Errorf("-redis-url: %v", err))
+		}
+		if r.SentinelMaster != "" || r.Cluster {
+			errs = append(errs, errors.New("-redis-url: for Sentinel or Cluster use -redis-addr"))
+		}
+	}
+	for _, a := range r.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("-redis-addr: %q is not host:port", a))
+		}
+	}
+	if r.SentinelMaster != "" && r.Cluster {
+		errs = append(errs, errors.New("-redis-sentinel-master and -redis-cluster: choose one"))
+	}
+	if r.DB < 0 || (r.DB != 0 && (r.Cluster || len(r.Addrs) > 1 && r.SentinelMaster == "")) {
+		errs = append(errs, fmt.Errorf("-redis-db: %d: a database number is for a single server or Sentinel, and not negative", r.DB))
+	}
+	if r.Timeout < time.Millisecond || r.Timeout > time.Second {
+		errs = append(errs, fmt.Errorf("-redis-timeout: %v: must be between 1ms and 1s (Envoy waits 200ms per message by default)", r.Timeout))
+	}
+	if r.TLSCA != "" && !r.TLS && !strings.HasPrefix(r.URL, "rediss://") {
+		errs = append(errs, errors.New("-redis-tls-ca: needs -redis-tls (or a rediss:// URL)"))
+	}
+	if r.KeyPrefix == "" {
+		errs = append(errs, errors.New("-redis-key-prefix: must not be empty"))
+	}
+	return errs
 }

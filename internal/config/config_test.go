@@ -55,6 +55,30 @@ func TestParseConfig(t *testing.T) {
 		{name: "mtls needs tls", args: []string{"-tls-client-ca", "ca.pem"}, errs: []string{"-tls-client-ca: needs -tls-cert"}},
 		{name: "bad unix address", args: []string{"-grpc-addr", "unix://"}, errs: []string{"names no socket path"}},
 		{name: "unknown flag", args: []string{"-no-such-flag"}, errs: []string{"flag provided but not defined"}},
+		{name: "redis store", args: []string{"-store", "redis", "-redis-addr", "r1:6379, r2:6379", "-redis-sentinel-master", "mymaster", "-redis-db", "2"},
+			env: map[string]string{"PROXYSESSION_REDIS_PASSWORD": "pw"},
+			check: func(t *testing.T, c *Config) {
+				if c.Store != "redis" || strings.Join(c.Redis.Addrs, ",") != "r1:6379,r2:6379" || c.Redis.SentinelMaster != "mymaster" ||
+					c.Redis.DB != 2 || c.Redis.Password != "pw" || c.Redis.Timeout != 100*time.Millisecond || c.Redis.KeyPrefix != "proxysession:" {
+					t.Errorf("redis config = %+v", c.Redis)
+				}
+			}},
+		{name: "redis url", args: []string{"-store", "redis", "-redis-url", "rediss://u:p@cache:6380/1"}, check: func(t *testing.T, c *Config) {
+			if c.Redis.URL == "" {
+				t.Error("no URL")
+			}
+		}},
+		{name: "redis settings ignored with the memory store", env: map[string]string{"PROXYSESSION_REDIS_ADDR": "redis:6379"}, check: func(t *testing.T, c *Config) {
+			if c.Store != "memory" {
+				t.Errorf("store %q", c.Store)
+			}
+		}},
+		{name: "redis errors", args: []string{"-store", "redis", "-redis-timeout", "5s", "-redis-tls-ca", "ca.pem"},
+			errs: []string{"give -redis-addr or -redis-url", "-redis-timeout: 5s", "-redis-tls-ca: needs -redis-tls"}},
+		{name: "redis conflicts", args: []string{"-store", "redis", "-redis-addr", "noport", "-redis-url", "redis://x", "-redis-cluster", "-redis-sentinel-master", "m", "-redis-db", "3"},
+			errs: []string{"give one, not both", `"noport" is not host:port`, "choose one", "-redis-db: 3"}},
+		{name: "bad redis url", args: []string{"-store", "redis", "-redis-url", "http://x"}, errs: []string{"-redis-url:"}},
+		{name: "unknown store", args: []string{"-store", "etcd"}, errs: []string{`-store: "etcd"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
