@@ -409,12 +409,16 @@ func strict(t *testing.T, m manifest, obj any) {
 	}
 }
 
-func TestKubernetesManifests(t *testing.T) {
-	var deploy *appsv1.Deployment
-	var svc *corev1.Service
-	kinds := map[string]bool{}
-	for _, m := range loadManifests(t, "istio/proxysession.yaml") {
-		kinds[m.kind] = true
+// loadProxysessionManifests decodes a file of proxysession's objects
+// strictly and returns its Deployment, Service and PodDisruptionBudget.
+func loadProxysessionManifests(t *testing.T, path string) (*appsv1.Deployment, *corev1.Service, *policyv1.PodDisruptionBudget) {
+	t.Helper()
+	var (
+		deploy *appsv1.Deployment
+		svc    *corev1.Service
+		pdb    *policyv1.PodDisruptionBudget
+	)
+	for _, m := range loadManifests(t, path) {
 		switch m.kind {
 		case "v1/Namespace":
 			strict(t, m, &corev1.Namespace{})
@@ -427,44 +431,43 @@ func TestKubernetesManifests(t *testing.T) {
 			svc = &corev1.Service{}
 			strict(t, m, svc)
 		case "policy/v1/PodDisruptionBudget":
-			var pdb policyv1.PodDisruptionBudget
-			strict(t, m, &pdb)
+			pdb = &policyv1.PodDisruptionBudget{}
+			strict(t, m, pdb)
 			if pdb.Spec.Selector == nil || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "proxysession" {
-				t.Errorf("PDB selects %v", pdb.Spec.Selector)
+				t.Errorf("%s: PDB selects %v", path, pdb.Spec.Selector)
 			}
 		default:
-			t.Errorf("unexpected object %s", m.kind)
+			t.Errorf("%s: unexpected object %s", path, m.kind)
 		}
 	}
-	for _, k := range []string{"apps/v1/Deployment", "v1/Service", "policy/v1/PodDisruptionBudget"} {
-		if !kinds[k] {
-			t.Errorf("no %s", k)
-		}
+	if deploy == nil || pdb == nil {
+		t.Fatalf("%s: want a Deployment and a PodDisruptionBudget", path)
 	}
-	if deploy == nil || svc == nil {
-		t.FailNow()
-	}
+	return deploy, svc, pdb
+}
 
+// checkDeployment checks proxysession's hardened Deployment and returns
+// the configuration its environment gives proxysession's own parser
+// (secret values are not resolved), and its container ports by name.
+func checkDeployment(t *testing.T, path string, deploy *appsv1.Deployment) (*config.Config, map[string]int32) {
+	t.Helper()
 	pod := deploy.Spec.Template.Spec
 	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot ||
 		psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
-		t.Errorf("pod securityContext %+v: want runAsNonRoot and seccomp RuntimeDefault", psc)
+		t.Errorf("%s: pod securityContext %+v: want runAsNonRoot and seccomp RuntimeDefault", path, psc)
 	}
 	if len(pod.Containers) != 1 {
-		t.Fatalf("%d containers", len(pod.Containers))
+		t.Fatalf("%s: %d containers", path, len(pod.Containers))
 	}
 	c := pod.Containers[0]
 	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
 		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil ||
 		!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
-		t.Errorf("container securityContext %+v: want a read-only root, no privilege escalation, drop ALL", sc)
+		t.Errorf("%s: container securityContext %+v: want a read-only root, no privilege escalation, drop ALL", path, sc)
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
-		t.Errorf("resources %+v: want cpu and memory requests", c.Resources)
+		t.Errorf("%s: resources %+v: want cpu and memory requests", path, c.Resources)
 	}
-
-	// The container's environment must be valid for proxysession's own
-	// parser, and its ports and probes must match what it configures.
 	env := map[string]string{}
 	for _, e := range c.Env {
 		if e.ValueFrom == nil {
@@ -473,36 +476,44 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	cfg, err := config.Parse(nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
 	if err != nil {
-		t.Fatalf("the Deployment's environment is invalid for proxysession: %v", err)
+		t.Fatalf("%s: the Deployment's environment is invalid for proxysession: %v", path, err)
 	}
 	ports := map[string]int32{}
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
 	if want := portOf(t, cfg.GRPCAddr); ports["grpc"] != want {
-		t.Errorf("container port grpc = %d, proxysession listens on %d", ports["grpc"], want)
+		t.Errorf("%s: container port grpc = %d, proxysession listens on %d", path, ports["grpc"], want)
 	}
 	if want := portOf(t, cfg.AdminAddr); ports["admin"] != want {
-		t.Errorf("container port admin = %d, proxysession's admin is on %d", ports["admin"], want)
+		t.Errorf("%s: container port admin = %d, proxysession's admin is on %d", path, ports["admin"], want)
 	}
-	for probe, path := range map[*corev1.Probe]string{c.LivenessProbe: "/healthz", c.ReadinessProbe: "/readyz"} {
-		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != path || probe.HTTPGet.Port.String() != "admin" {
-			t.Errorf("probe %+v: want GET %s on the admin port", probe, path)
+	for probe, p := range map[*corev1.Probe]string{c.LivenessProbe: "/healthz", c.ReadinessProbe: "/readyz"} {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != p || probe.HTTPGet.Port.String() != "admin" {
+			t.Errorf("%s: probe %+v: want GET %s on the admin port", path, probe, p)
 		}
 	}
 	if cfg.DrainDelay <= 0 {
-		t.Error("no drain delay: Envoy would see connections refused while the pod goes away")
+		t.Errorf("%s: no drain delay: Envoy would see connections refused while the pod goes away", path)
 	}
 	if tgp := pod.TerminationGracePeriodSeconds; tgp == nil || time.Duration(*tgp)*time.Second <= cfg.DrainDelay+cfg.ShutdownGrace {
-		t.Errorf("terminationGracePeriodSeconds %v must exceed drain delay + shutdown grace (%v)", tgp, cfg.DrainDelay+cfg.ShutdownGrace)
+		t.Errorf("%s: terminationGracePeriodSeconds %v must exceed drain delay + shutdown grace (%v)", path, tgp, cfg.DrainDelay+cfg.ShutdownGrace)
 	}
 	if deploy.Spec.Template.Annotations["sidecar.istio.io/inject"] != "false" {
-		t.Error("proxysession's pod must not get a sidecar: Envoy reaches it through its own cluster")
+		t.Errorf("%s: proxysession's pod must not get a sidecar: Envoy reaches it through its own cluster", path)
 	}
-	if *deploy.Spec.Replicas != 1 {
-		t.Error("with the in-memory store, more than one replica splits sessions")
-	}
+	return cfg, ports
+}
 
+func TestKubernetesManifests(t *testing.T) {
+	deploy, svc, _ := loadProxysessionManifests(t, "istio/proxysession.yaml")
+	if svc == nil {
+		t.Fatal("no Service")
+	}
+	cfg, ports := checkDeployment(t, "istio/proxysession.yaml", deploy)
+	if cfg.Store != "memory" || *deploy.Spec.Replicas != 1 || deploy.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Error("with the in-memory store, one replica, never two at once: more would split sessions")
+	}
 	for _, p := range svc.Spec.Ports {
 		if p.Name == "grpc" && (p.Port != ports["grpc"] || p.AppProtocol == nil || *p.AppProtocol != "grpc") {
 			t.Errorf("Service port %+v: want %d, appProtocol grpc", p, ports["grpc"])
@@ -510,6 +521,61 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !mapsEqual(svc.Spec.Selector, deploy.Spec.Template.Labels) {
 		t.Errorf("Service selects %v, pods have %v", svc.Spec.Selector, deploy.Spec.Template.Labels)
+	}
+}
+
+// TestSharedStoreManifests: the shared-store Deployment replaces the
+// memory one and points at the Valkey Service, with the password from the
+// Secret Valkey uses.
+func TestSharedStoreManifests(t *testing.T) {
+	deploy, svc, pdb := loadProxysessionManifests(t, "istio/proxysession-redis.yaml")
+	if svc != nil {
+		t.Error("the Service belongs to proxysession.yaml")
+	}
+	memDeploy, _, memPDB := loadProxysessionManifests(t, "istio/proxysession.yaml")
+	if deploy.Name != memDeploy.Name || deploy.Namespace != memDeploy.Namespace || pdb.Name != memPDB.Name {
+		t.Error("proxysession-redis.yaml must replace proxysession.yaml's Deployment and PodDisruptionBudget (same names)")
+	}
+	cfg, _ := checkDeployment(t, "istio/proxysession-redis.yaml", deploy)
+	if cfg.Store != "redis" || *deploy.Spec.Replicas < 2 {
+		t.Errorf("store %q with %d replicas: want redis and several replicas", cfg.Store, *deploy.Spec.Replicas)
+	}
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() < 1 || pdb.Spec.MinAvailable.IntValue() >= int(*deploy.Spec.Replicas) {
+		t.Errorf("PDB minAvailable %v with %d replicas", pdb.Spec.MinAvailable, *deploy.Spec.Replicas)
+	}
+
+	var valkeySvc corev1.Service
+	var sts appsv1.StatefulSet
+	for _, m := range loadManifests(t, "istio/valkey.yaml") {
+		switch m.kind {
+		case "apps/v1/StatefulSet":
+			strict(t, m, &sts)
+		case "v1/Service":
+			strict(t, m, &valkeySvc)
+		default:
+			t.Errorf("valkey.yaml: unexpected %s", m.kind)
+		}
+	}
+	want := fmt.Sprintf("%s.%s.svc.cluster.local:%d", valkeySvc.Name, valkeySvc.Namespace, valkeySvc.Spec.Ports[0].Port)
+	if len(cfg.Redis.Addrs) != 1 || cfg.Redis.Addrs[0] != want {
+		t.Errorf("proxysession uses Redis at %v, the Valkey Service is %s", cfg.Redis.Addrs, want)
+	}
+	secretOf := func(env []corev1.EnvVar, name string) string {
+		for _, e := range env {
+			if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+			}
+		}
+		return ""
+	}
+	ps := secretOf(deploy.Spec.Template.Spec.Containers[0].Env, "PROXYSESSION_REDIS_PASSWORD")
+	vk := secretOf(sts.Spec.Template.Spec.Containers[0].Env, "REDIS_PASSWORD")
+	if ps == "" || ps != vk {
+		t.Errorf("proxysession's password comes from %q, Valkey's from %q", ps, vk)
+	}
+	vc := sts.Spec.Template.Spec.Containers[0]
+	if sc := vc.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sts.Spec.Template.Spec.SecurityContext.RunAsNonRoot == nil {
+		t.Error("Valkey's pod is not hardened like proxysession's")
 	}
 }
 
@@ -744,6 +810,48 @@ func TestCompose(t *testing.T) {
 	}
 	if demo.Build == nil || demo.Build.Target != "demo" || lookupOr(demo.Environment, "DEMO_ADDR", "") != ":8081" {
 		t.Errorf("demo service %+v", demo)
+	}
+}
+
+// TestComposeSharedStore: with the redis profile and PROXYSESSION_STORE=redis,
+// proxysession uses the redis service, with the password it runs with.
+func TestComposeSharedStore(t *testing.T) {
+	root, _ := filepath.Abs("..")
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")}, cli.WithWorkingDirectory(root),
+		cli.WithEnv([]string{"PROXYSESSION_STORE=redis", "PROXYSESSION_REPLICAS=3", "REDIS_PASSWORD=pw"}), cli.WithProfiles([]string{"redis"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, ok := p.Services["proxysession"]
+	redisSvc, ok2 := p.Services["redis"]
+	if !ok || !ok2 {
+		t.Fatalf("services %v", p.ServiceNames())
+	}
+	cfg, err := config.Parse(nil, lookup(ps.Environment), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(cfg.Redis.Addrs[0])
+	if cfg.Store != "redis" || host != "redis" || port != "6379" || cfg.Redis.Password != "pw" {
+		t.Errorf("proxysession's store: %q at %v (password %q)", cfg.Store, cfg.Redis.Addrs, cfg.Redis.Password)
+	}
+	if !slices.Contains(redisSvc.Command, "pw") || lookupOr(redisSvc.Environment, "REDIS_PASSWORD", "") != "pw" {
+		t.Errorf("redis runs %v", redisSvc.Command)
+	}
+	if ps.Deploy == nil || ps.Deploy.Replicas == nil || *ps.Deploy.Replicas != 3 {
+		t.Errorf("replicas %+v", ps.Deploy)
+	}
+	if d, ok := ps.DependsOn["redis"]; !ok || d.Condition != types.ServiceConditionHealthy {
+		t.Errorf("proxysession must wait for a healthy redis: %+v", ps.DependsOn)
+	}
+	// Without the profile, the redis service is not part of the project
+	// and proxysession starts without it.
+	if _, ok := loadCompose(t).Services["redis"]; ok {
+		t.Error("redis runs without its profile")
 	}
 }
 

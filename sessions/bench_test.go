@@ -46,7 +46,7 @@ func benchSessions(tb testing.TB, c *Cache, n int) []string {
 // the backend, and a Set-Cookie from the backend on every 4th response.
 // "nil-cache" is the same loop without sessions: the floor.
 func BenchmarkSessionHandler(b *testing.B) {
-	const sessions = 1000
+	sessions := benchSessionCount
 	for _, mode := range []string{"nil-cache", "memory"} {
 		b.Run(mode, func(b *testing.B) {
 			var c *Cache
@@ -98,6 +98,8 @@ func BenchmarkSessionHandler(b *testing.B) {
 		})
 	}
 }
+
+var benchSessionCount = 1000
 
 // BenchmarkSessionHeap measures the heap that 100,000 sessions with three
 // 35-byte backend cookies each take in the memory store, per session.
