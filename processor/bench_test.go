@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
+	"github.com/proxysession/proxysession/processor/envoytest"
 	"github.com/proxysession/proxysession/sessions"
 )
 
@@ -29,15 +30,15 @@ func BenchmarkHandle(b *testing.B) {
 	for i := range reqs {
 		var st streamState
 		srv.handle(ctx, &st, benchRequest("theme=dark"))
-		resp := srv.handle(ctx, &st, responseHeadersMsg(":status", "200",
+		resp := srv.handle(ctx, &st, envoytest.ResponseHeaders(":status", "200",
 			"set-cookie", fmt.Sprintf("sid=%035d; Path=/", i), "set-cookie", fmt.Sprintf("user=%035d", i), "set-cookie", fmt.Sprintf("prefs=%035d", i)))
 		sc := resp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders()[0].GetHeader().GetRawValue()
 		pair := string(sc[:len(sessions.DefaultCookieName)+1+43])
 		reqs[i] = benchRequest(pair + "; theme=dark")
 	}
-	plain := responseHeadersMsg(":status", "200", "content-type", "text/html", "content-length", "1234", "cache-control", "no-cache",
+	plain := envoytest.ResponseHeaders(":status", "200", "content-type", "text/html", "content-length", "1234", "cache-control", "no-cache",
 		"date", "Wed, 25 Nov 2026 12:00:00 GMT", "etag", `W/"1"`, "vary", "Accept-Encoding", "x-envoy-upstream-service-time", "3")
-	withCookie := responseHeadersMsg(":status", "200", "content-type", "text/html", "set-cookie", "prefs=0123456789abcdef0123456789abcdef012; Path=/")
+	withCookie := envoytest.ResponseHeaders(":status", "200", "content-type", "text/html", "set-cookie", "prefs=0123456789abcdef0123456789abcdef012; Path=/")
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -57,7 +58,7 @@ func BenchmarkHandle(b *testing.B) {
 func benchRequest(cookie string) *extprocv3.ProcessingRequest {
 	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
 		EndOfStream: true,
-		Headers: headerMap(":authority", "app.example.com", ":path", "/app/dashboard?tab=overview", ":method", "GET", ":scheme", "https",
+		Headers: envoytest.HeaderMap(":authority", "app.example.com", ":path", "/app/dashboard?tab=overview", ":method", "GET", ":scheme", "https",
 			"user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
 			"accept", "text/html,application/xhtml+xml", "accept-language", "en-US,en;q=0.9", "accept-encoding", "gzip, deflate, br",
 			"referer", "https://app.example.com/app/", "sec-fetch-site", "same-origin", "sec-fetch-mode", "navigate",

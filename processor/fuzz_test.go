@@ -8,6 +8,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/proxysession/proxysession/processor/envoytest"
 	"github.com/proxysession/proxysession/sessions"
 )
 
@@ -26,11 +27,11 @@ func FuzzProcess(f *testing.F) {
 		}
 		f.Add(enc[0], enc[1])
 	}
-	seed(requestHeadersMsg(":authority", "app.test", ":path", "/x?y", ":method", "GET", ":scheme", "https", "cookie", "a=b; "+sessions.DefaultCookieName+"=zz"),
-		responseHeadersMsg(":status", "200", "set-cookie", "a=1; Secure", "set-cookie", "b=2", "cache-control", "public", "clear-site-data", `"cookies"`))
-	seed(requestHeadersMsg("cookie", "\xff\xfe"), &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{}}})
+	seed(envoytest.RequestHeaders(":authority", "app.test", ":path", "/x?y", ":method", "GET", ":scheme", "https", "cookie", "a=b; "+sessions.DefaultCookieName+"=zz"),
+		envoytest.ResponseHeaders(":status", "200", "set-cookie", "a=1; Secure", "set-cookie", "b=2", "cache-control", "public", "clear-site-data", `"cookies"`))
+	seed(envoytest.RequestHeaders("cookie", "\xff\xfe"), &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{}}})
 	seed(&extprocv3.ProcessingRequest{}, &extprocv3.ProcessingRequest{ObservabilityMode: true})
-	seed(requestHeadersMsg(":authority", "a", "cookie", "x=\x01\n; "+sessions.DefaultCookieName+"=q"), responseHeadersMsg("set-cookie", "p=\t\x80"))
+	seed(envoytest.RequestHeaders(":authority", "a", "cookie", "x=\x01\n; "+sessions.DefaultCookieName+"=q"), envoytest.ResponseHeaders("set-cookie", "p=\t\x80"))
 
 	cache, err := sessions.New(sessions.Config{Logger: slog.New(slog.DiscardHandler), PassThrough: []string{"p"}})
 	if err != nil {

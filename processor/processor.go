@@ -17,6 +17,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -440,24 +441,7 @@ func readOnlyBytes(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
-// lowerKey returns the key in lower case. Envoy sends lower-case keys, so
-// this almost never allocates.
-func lowerKey(k string) string {
-	for i := 0; i < len(k); i++ {
-		if c := k[i]; 'A' <= c && c <= 'Z' {
-			b := []byte(k)
-			for j := i; j < len(b); j++ {
-				if 'A' <= b[j] && b[j] <= 'Z' {
-					b[j] += 'a' - 'A'
-				}
-			}
-			return string(b)
-		}
-	}
-	return k
-}
-
-// requestField and responseField name the headers the processor reads.
+// field names a header the processor reads.
 type field uint8
 
 const (
@@ -478,12 +462,15 @@ const (
 )
 
 // fieldOf classifies a header key. Envoy's keys are lower case; others
-// are lowered first, which only costs for keys that do not match as sent.
+// are lowered (strings.ToLower returns a lower-case key as it is).
 func fieldOf(key string) field {
-	if f := exactField(key); f != fieldOther || key == lowerKey(key) {
+	if f := exactField(key); f != fieldOther {
 		return f
 	}
-	return exactField(lowerKey(key))
+	if lower := strings.ToLower(key); lower != key {
+		return exactField(lower)
+	}
+	return fieldOther
 }
 
 func exactField(key string) field {

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -350,39 +349,6 @@ func openStream(t *testing.T, h *harness) extprocv3.ExternalProcessor_ProcessCli
 	return stream
 }
 
-func exchangeMsg(t *testing.T, stream extprocv3.ExternalProcessor_ProcessClient, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
-	t.Helper()
-	if err := stream.Send(req); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := resp.ValidateAll(); err != nil {
-		t.Fatalf("invalid reply: %v", err)
-	}
-	return resp
-}
-
-func headerMap(kv ...string) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return m
-}
-
-func requestHeadersMsg(kv ...string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMap(kv...), EndOfStream: true}}}
-}
-
-func responseHeadersMsg(kv ...string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMap(kv...)}}}
-}
-
 func TestEveryMessageGetsItsReplyType(t *testing.T) {
 	h := newHarness(t, testConfig, demoBackend())
 	stream := openStream(t, h)
@@ -390,15 +356,15 @@ func TestEveryMessageGetsItsReplyType(t *testing.T) {
 		req  *extprocv3.ProcessingRequest
 		want string
 	}{
-		{requestHeadersMsg(":authority", "app.test", ":path", "/", ":method", "POST", ":scheme", "https"), "request_headers"},
+		{envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":method", "POST", ":scheme", "https"), "request_headers"},
 		{&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("x")}}}, "request_body"},
 		{&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: &extprocv3.HttpTrailers{}}}, "request_trailers"},
-		{responseHeadersMsg(":status", "200"), "response_headers"},
+		{envoytest.ResponseHeaders(":status", "200"), "response_headers"},
 		{&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{EndOfStream: true}}}, "response_body"},
 		{&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: &extprocv3.HttpTrailers{}}}, "response_trailers"},
 	}
 	for _, m := range msgs {
-		resp := exchangeMsg(t, stream, m.req)
+		resp := envoytest.Send(t, stream, m.req)
 		got := resp.ProtoReflect().WhichOneof(resp.ProtoReflect().Descriptor().Oneofs().ByName("response"))
 		if got == nil || string(got.Name()) != m.want {
 			t.Errorf("reply to %s is %v", m.want, got)
@@ -438,7 +404,7 @@ func TestToleratesBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			stream := openStream(t, h)
-			resp := exchangeMsg(t, stream, requestHeadersMsg(tt.headers...))
+			resp := envoytest.Send(t, stream, envoytest.RequestHeaders(tt.headers...))
 			rh, ok := resp.Response.(*extprocv3.ProcessingResponse_RequestHeaders)
 			if !ok {
 				t.Fatalf("reply %T", resp.Response)
@@ -446,7 +412,7 @@ func TestToleratesBadInput(t *testing.T) {
 			if tt.check != nil {
 				tt.check(t, rh.RequestHeaders.GetResponse().GetHeaderMutation())
 			}
-			resp = exchangeMsg(t, stream, responseHeadersMsg(":status", "200", "set-cookie", "a=\x80\xff; Path=/", "set-cookie", "\x01bad"))
+			resp = envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "a=\x80\xff; Path=/", "set-cookie", "\x01bad"))
 			if _, ok := resp.Response.(*extprocv3.ProcessingResponse_ResponseHeaders); !ok {
 				t.Fatalf("reply %T", resp.Response)
 			}
@@ -465,7 +431,7 @@ func TestToleratesBadInput(t *testing.T) {
 func TestResponseWithoutRequest(t *testing.T) {
 	h := newHarness(t, testConfig, demoBackend())
 	stream := openStream(t, h)
-	resp := exchangeMsg(t, stream, responseHeadersMsg(":status", "200", "set-cookie", "sid=1"))
+	resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
 	m := resp.GetResponseHeaders().GetResponse().GetHeaderMutation()
 	if !slices.Equal(m.GetRemoveHeaders(), []string{"set-cookie"}) || len(m.GetSetHeaders()) != 0 {
 		t.Errorf("mutation %v, want backend cookie removed", m)
@@ -503,8 +469,8 @@ func TestObservabilityModeIsReported(t *testing.T) {
 	h := newHarness(t, testConfig, demoBackend())
 	stream := openStream(t, h)
 	for _, m := range []*extprocv3.ProcessingRequest{
-		requestHeadersMsg(":authority", "app.test", ":path", "/", ":scheme", "https"),
-		responseHeadersMsg(":status", "200", "set-cookie", "a=1"),
+		envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":scheme", "https"),
+		envoytest.ResponseHeaders(":status", "200", "set-cookie", "a=1"),
 	} {
 		m.ObservabilityMode = true
 		if err := stream.Send(m); err != nil {

@@ -35,6 +35,10 @@ func TestParseSetCookie(t *testing.T) {
 		{line: "a=b; Max-Age=99999999999999999999999", want: setCookie{name: "a", value: "b", hasMaxAge: true, maxAge: 1 << 62}},
 		{line: "a=b; Expires=Wed, 02 Jan 2030 03:04:05 GMT; expires=junk", want: setCookie{name: "a", value: "b", hasExpires: true, expires: date}},
 		{line: "a=b; Domain=.Example.COM", want: setCookie{name: "a", value: "b", hasDomain: true, domain: "example.com"}},
+		// Only ASCII is lowered: the Kelvin sign stays non-ASCII, so the
+		// storage model rejects the cookie (Unicode lowering would turn it
+		// into "k").
+		{line: "a=b; Domain=Kexample.com", want: setCookie{name: "a", value: "b", hasDomain: true, domain: "Kexample.com"}},
 		{line: "a=b; Domain=example.com; Domain=", want: setCookie{name: "a", value: "b", hasDomain: true}},
 		{line: "a=b; Path=/x; Path=relative", want: setCookie{name: "a", value: "b", hasPath: true}},
 		{line: "a=b; Path=/" + strings.Repeat("p", 1023), want: setCookie{name: "a", value: "b", hasPath: true, path: "/" + strings.Repeat("p", 1023)}},

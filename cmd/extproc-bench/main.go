@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/proxysession/proxysession/processor"
+	"github.com/proxysession/proxysession/processor/envoytest"
 	"github.com/proxysession/proxysession/sessions"
 	"github.com/proxysession/proxysession/sessions/redisstore"
 )
@@ -411,17 +412,9 @@ type workload struct {
 	response, withCookies *extprocv3.ProcessingRequest
 }
 
-func headers(kv ...string) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return m
-}
-
 func requestMsg(cookie string) *extprocv3.ProcessingRequest {
 	return &extprocv3.ProcessingRequest{
-		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{EndOfStream: true, Headers: headers(
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{EndOfStream: true, Headers: envoytest.HeaderMap(
 			":authority", "app.example.com", ":path", "/app/dashboard?tab=overview", ":method", "GET", ":scheme", "https",
 			"user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
 			"accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
@@ -443,7 +436,7 @@ func responseMsg(setCookie bool) *extprocv3.ProcessingRequest {
 		kv = append(kv, "set-cookie", "prefs=0123456789abcdef0123456789abcdef012; Path=/; Max-Age=31536000; SameSite=Lax")
 	}
 	return &extprocv3.ProcessingRequest{
-		Request:         &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: headers(kv...)}},
+		Request:         &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: envoytest.HeaderMap(kv...)}},
 		MetadataContext: &corev3.Metadata{},
 	}
 }

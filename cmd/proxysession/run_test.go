@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -251,18 +250,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	send := func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
-		t.Helper()
-		if err := stream.Send(req); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp
-	}
-	send(requestHeaders(":authority", "app.test", ":path", "/", ":scheme", "https", ":method", "GET"))
+	envoytest.Send(t, stream, envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":scheme", "https", ":method", "GET"))
 
 	inst.cancel()
 	<-inst.draining
@@ -274,7 +262,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatalf("run returned (%v) with a stream in flight", err)
 	default:
 	}
-	resp := send(responseHeaders(":status", "200", "set-cookie", "sid=1"))
+	resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
 	if set := resp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders(); len(set) == 0 ||
 		!strings.HasPrefix(string(set[0].GetHeader().GetRawValue()), "__Host-proxysession=") {
 		t.Errorf("in-flight stream not served: %v", resp)
@@ -423,24 +411,6 @@ func (p *testPKI) clientConfig(withCert bool) *tls.Config {
 		c.Certificates = []tls.Certificate{p.clientCert}
 	}
 	return c
-}
-
-func headerMap(kv []string) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return m
-}
-
-func requestHeaders(kv ...string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMap(kv), EndOfStream: true}}}
-}
-
-func responseHeaders(kv ...string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMap(kv)}}}
 }
 
 func mustKey(t *testing.T) *ecdsa.PrivateKey {

@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -556,5 +557,45 @@ func clientResponse(req *http.Request, headers []Header, body []byte) *http.Resp
 		resp.Header.Add(h.Key, string(h.Value))
 	}
 	resp.Status = strconv.Itoa(resp.StatusCode) + " " + http.StatusText(resp.StatusCode)
+	return resp
+}
+
+// HeaderMap returns a header map of key/value pairs, in order, with the
+// values in raw_value as current Envoy sends them.
+func HeaderMap(kv ...string) *corev3.HeaderMap {
+	m := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(kv)/2)}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return m
+}
+
+// RequestHeaders returns a request_headers message of a request without a
+// body, for tests that speak to an ext_proc server directly.
+func RequestHeaders(kv ...string) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &extprocv3.HttpHeaders{Headers: HeaderMap(kv...), EndOfStream: true}}}
+}
+
+// ResponseHeaders returns a response_headers message.
+func ResponseHeaders(kv ...string) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: HeaderMap(kv...)}}}
+}
+
+// Send sends one message on a stream and returns the reply, failing the
+// test if either fails or the reply does not pass its ValidateAll.
+func Send(t testing.TB, stream extprocv3.ExternalProcessor_ProcessClient, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	t.Helper()
+	if err := stream.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resp.ValidateAll(); err != nil {
+		t.Fatalf("invalid reply: %v", err)
+	}
 	return resp
 }
