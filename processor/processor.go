@@ -172,18 +172,15 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 	if err := s.engine.Expand(ctx, &req, &st.x); err != nil {
 		return s.unavailable(ctx, phaseRequestHeaders, start, err)
 	}
-	var reply *headersReply
-	if !st.x.RewriteCookie {
-		reply = newHeadersReply(phaseRequestHeaders, false)
-	} else {
-		reply = newHeadersReply(phaseRequestHeaders, true)
-		if st.x.Cookie == "" {
-			reply.mutation.RemoveHeaders = removeCookie
-		} else if len(st.x.Cookie) <= maxHeaderValueBytes {
-			reply.mutation.SetHeaders = reply.set(0, "cookie", st.x.Cookie, false)
-		} else {
-			reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
-		}
+	reply := newHeadersReply(phaseRequestHeaders, st.x.RewriteCookie)
+	switch {
+	case !st.x.RewriteCookie:
+	case st.x.Cookie == "":
+		reply.mutation.RemoveHeaders = removeCookie
+	case len(st.x.Cookie) <= maxHeaderValueBytes:
+		reply.mutation.SetHeaders = reply.set(0, "cookie", st.x.Cookie, false)
+	default:
+		reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
 	}
 	s.metrics.observe(phaseRequestHeaders, st.x.RewriteCookie, start)
 	return &reply.resp
@@ -344,14 +341,11 @@ func (s *Server) sessionRequest(ctx context.Context, m *corev3.HeaderMap) sessio
 // (envoy.config.core.v3.HeaderValue validation rules).
 const maxHeaderValueBytes = 16384
 
-// cookieHeaders returns the set_headers entries that make cookie the
-// request's only Cookie header. A header longer than one HeaderValue may
-// carry is split between pairs into several cookie entries, as HTTP/2
-// does; a single pair too long to carry is dropped.
+// cookieHeaders returns the set_headers entries for a Cookie header longer
+// than one HeaderValue may carry: it is split between pairs into several
+// cookie entries, as HTTP/2 does; a single pair too long to carry is
+// dropped.
 func (s *Server) cookieHeaders(ctx context.Context, cookie string) []*corev3.HeaderValueOption {
-	if len(cookie) <= maxHeaderValueBytes {
-		return []*corev3.HeaderValueOption{header("cookie", cookie, false)}
-	}
 	var opts []*corev3.HeaderValueOption
 	var chunk []byte
 	for rest := cookie; rest != ""; {
