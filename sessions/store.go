@@ -74,21 +74,26 @@ const recencyGranularity = int64(time.Second)
 
 // Find implements Store.
 func (m *MemoryStore) Find(_ context.Context, id ID) (*Session, error) {
+	return m.findAt(id, time.Now().UnixNano()), nil
+}
+
+// findAt is Find at a time the caller already knows (the Cache's clock).
+func (m *MemoryStore) findAt(id ID, now int64) *Session {
 	s, ok := m.cache.Peek(id.Key())
 	if !ok {
-		return nil, nil
+		return nil
 	}
 	// The first use after creation promotes the session out of 2Q's
 	// "recent" queue (scan resistance depends on it); later uses refresh
 	// its place at most once per recencyGranularity.
-	if seen := s.lastSeen.Load(); seen == s.created || time.Now().UnixNano()-seen >= recencyGranularity {
+	if seen := s.lastSeen.Load(); seen == s.created || now-seen >= recencyGranularity {
 		m.cache.Get(id.Key())
 	}
 	secret, want := id.Secret(), s.id.Secret()
 	if subtle.ConstantTimeCompare(secret[:], want[:]) != 1 {
-		return nil, nil
+		return nil
 	}
-	return s, nil
+	return s
 }
 
 // Commit implements Store. Changes to an existing session are already in
