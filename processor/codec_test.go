@@ -20,7 +20,7 @@ func TestCodecMarshalsLikeProtobuf(t *testing.T) {
 		&newHeadersReply(phaseRequestHeaders, false).resp,
 		func() *extprocv3.ProcessingResponse {
 			r := newHeadersReply(phaseRequestHeaders, true)
-			r.mutation.SetHeaders = r.set(0, "cookie", "a=1; b=\xff\x80", false)
+			r.mutation.SetHeaders = r.setCookieHeader("a=1; b=\xff\x80")
 			return &r.resp
 		}(),
 		func() *extprocv3.ProcessingResponse {

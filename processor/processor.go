@@ -178,7 +178,7 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 	case st.x.Cookie == "":
 		reply.mutation.RemoveHeaders = removeCookie
 	case len(st.x.Cookie) <= maxHeaderValueBytes:
-		reply.mutation.SetHeaders = reply.set(0, "cookie", st.x.Cookie, false)
+		reply.mutation.SetHeaders = reply.setCookieHeader(st.x.Cookie)
 	default:
 		reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
 	}
@@ -247,8 +247,8 @@ var (
 	removeSetCookie = []string{"set-cookie"}
 )
 
-// headersReply is a reply to a headers message, with room for one
-// set_headers entry, allocated at once: a reply is a tree of small
+// headersReply is a reply to a headers message, with room for the Cookie
+// set_headers entry of a request reply, allocated at once: a reply is a tree of small
 // messages, and one allocation instead of eight matters per request.
 type headersReply struct {
 	resp     extprocv3.ProcessingResponse
@@ -280,15 +280,13 @@ func newHeadersReply(p phase, withMutation bool) *headersReply {
 	return r
 }
 
-// set fills the reply's own set_headers entry i (0) and returns the
+// setCookieHeader fills the reply's own set_headers entry with the
+// request's Cookie header (replacing every cookie entry) and returns the
 // entries.
-func (r *headersReply) set(i int, key, value string, appendValue bool) []*corev3.HeaderValueOption {
-	r.value = corev3.HeaderValue{Key: key, RawValue: readOnlyBytes(value)}
+func (r *headersReply) setCookieHeader(cookie string) []*corev3.HeaderValueOption {
+	r.value = corev3.HeaderValue{Key: "cookie", RawValue: readOnlyBytes(cookie)}
 	r.option.Header = &r.value
-	if appendValue {
-		r.option.Append = wrapperspb.Bool(true)
-	}
-	r.setOne[i] = &r.option
+	r.setOne[0] = &r.option
 	return r.setOne[:]
 }
 

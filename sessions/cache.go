@@ -209,13 +209,13 @@ func New(cfg Config) (*Cache, error) {
 		lifetime:    int64(cfg.Lifetime),
 		idleTimeout: int64(cfg.IdleTimeout),
 	}
-	attrs := "; Path=/; HttpOnly"
+	flags := "; HttpOnly"
 	if !cfg.InsecureCookie {
-		attrs += "; Secure"
+		flags += "; Secure"
 	}
-	attrs += "; SameSite=" + cfg.SameSite.String()
-	c.sessionCookieAttrs = "; Path=/; Max-Age=" + strconv.FormatInt(int64(cfg.Lifetime/time.Second), 10) + attrs[len("; Path=/"):]
-	c.expiredCookie = cfg.CookieName + "=; Path=/; Max-Age=0" + attrs[len("; Path=/"):]
+	flags += "; SameSite=" + cfg.SameSite.String()
+	c.sessionCookieAttrs = "; Path=/; Max-Age=" + strconv.FormatInt(int64(cfg.Lifetime/time.Second), 10) + flags
+	c.expiredCookie = cfg.CookieName + "=; Path=/; Max-Age=0" + flags
 	return c, nil
 }
 
@@ -397,8 +397,8 @@ func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Sess
 		s   *Session
 		err error
 	)
-	if m, ok := c.store.(*MemoryStore); ok {
-		s = m.findAt(id, now) // no store error, and no second clock read
+	if live, ok := c.store.(liveStore); ok {
+		s = live.findAt(id, now)
 	} else if s, err = c.store.Find(ctx, id); err != nil {
 		return nil, fmt.Errorf("finding session: %w", err)
 	}

@@ -150,14 +150,9 @@ func (w *sessionWriter) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	h := w.w.Header()
-	setCookie, clearSiteData := h["Set-Cookie"], h["Clear-Site-Data"]
-	if len(setCookie) == 0 && len(clearSiteData) == 0 && !w.x.stale {
-		w.w.WriteHeader(code) // nothing to capture
-		return
-	}
 	edit, err := w.h.c.Capture(w.r.Context(), &w.x, &Response{
-		SetCookie:     setCookie,
-		ClearSiteData: clearSiteData,
+		SetCookie:     h["Set-Cookie"],
+		ClearSiteData: h["Clear-Site-Data"],
 		CacheControl:  h["Cache-Control"],
 	})
 	if err != nil {

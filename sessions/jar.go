@@ -217,7 +217,7 @@ func (s *Session) enforceLimits(domain string, now int64, lim *jarLimits, ch *Ch
 		}
 		i++
 	}
-	evicted := 0
+	evicted, bytes := 0, s.bytes()
 	evict := func(inDomain bool) {
 		victim := -1
 		for i := range s.cookies {
@@ -233,6 +233,7 @@ func (s *Session) enforceLimits(domain string, now int64, lim *jarLimits, ch *Ch
 		if ch != nil {
 			ch.delete(&s.cookies[victim])
 		}
+		bytes -= s.cookies[victim].size()
 		s.removeAt(victim)
 		evicted++
 	}
@@ -242,7 +243,7 @@ func (s *Session) enforceLimits(domain string, now int64, lim *jarLimits, ch *Ch
 	for len(s.cookies) > lim.perSession {
 		evict(false)
 	}
-	for s.bytes() > lim.bytes && len(s.cookies) > 0 {
+	for bytes > lim.bytes && len(s.cookies) > 0 {
 		evict(false)
 	}
 	return evicted

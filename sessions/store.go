@@ -28,10 +28,13 @@ type Store interface {
 	Delete(ctx context.Context, id ID) error
 }
 
-// liveStore is implemented by stores that hand out live sessions: what an
-// exchange changes in a found session is stored at once, so the engine
-// keeps no journal of Changes for them.
-type liveStore interface{ live() }
+// liveStore is implemented by stores that hand out live sessions (the
+// MemoryStore): what an exchange changes in a found session is stored at
+// once, so the engine keeps no journal of Changes for them, and a lookup
+// cannot fail, so the engine calls it with the time it already read.
+type liveStore interface {
+	findAt(id ID, now int64) *Session
+}
 
 // Pinger is implemented by stores that can be unreachable; the Cache's
 // Check uses it to report readiness.
@@ -121,8 +124,6 @@ func (m *MemoryStore) Delete(_ context.Context, id ID) error {
 	}
 	return nil
 }
-
-func (m *MemoryStore) live() {}
 
 // Len returns the number of sessions held.
 func (m *MemoryStore) Len() int { return m.cache.Len() }

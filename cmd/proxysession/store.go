@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 
 	"github.com/redis/go-redis/v9"
 
@@ -93,13 +90,9 @@ func newRedisClient(r config.Redis) (redis.UniversalClient, error) {
 			o.TLSConfig.ServerName, _, _ = net.SplitHostPort(o.Addrs[0])
 		}
 		if r.TLSCA != "" {
-			pem, err := os.ReadFile(r.TLSCA)
+			pool, err := loadCertPool(r.TLSCA)
 			if err != nil {
 				return nil, fmt.Errorf("-redis-tls-ca: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, errors.New("-redis-tls-ca: no PEM certificate in the file")
 			}
 			o.TLSConfig.RootCAs = pool
 		}

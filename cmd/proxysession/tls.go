@@ -78,13 +78,9 @@ func (r *certReloader) load() (*tls.Config, error) {
 		NextProtos:   []string{"h2"}, // gRPC needs HTTP/2 by ALPN
 	}
 	if r.caFile != "" {
-		pem, err := os.ReadFile(r.caFile)
+		pool, err := loadCertPool(r.caFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, errors.New("tls: -tls-client-ca holds no PEM certificate")
+			return nil, fmt.Errorf("tls: -tls-client-ca: %w", err)
 		}
 		config.ClientCAs = pool
 		config.ClientAuth = tls.RequireAndVerifyClientCert
@@ -139,4 +135,17 @@ func equalStamps(a, b []fileStamp) bool {
 		}
 	}
 	return true
+}
+
+// loadCertPool reads a PEM CA bundle.
+func loadCertPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("no PEM certificate in the file")
+	}
+	return pool, nil
 }
