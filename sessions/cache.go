@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -50,9 +50,12 @@ type Config struct {
 	// instead of into the jar, such as CSRF tokens that JavaScript reads
 	// ("XSRF-TOKEN", "_xsrf").
 	PassThrough []string
-	// TrustForwardedProto takes the browser-facing scheme from the
-	// X-Forwarded-Proto header instead of the request's own scheme. Set it
-	// only when a trusted proxy in front sets that header.
+	// TrustForwardedProto takes the browser-facing scheme from the first
+	// X-Forwarded-Proto value instead of the request's own scheme. It
+	// matters only with InsecureCookie: a Secure session cookie makes
+	// every browser-facing origin secure (see Cache), so the scheme of the
+	// last hop is irrelevant. Set it only when a trusted proxy in front
+	// sets that header.
 	TrustForwardedProto bool
 	// StripBrowserCookies drops every cookie the browser sends except the
 	// session cookie and PassThrough cookies, so that the backend sees
@@ -96,8 +99,7 @@ type Cache struct {
 	sessionCookieAttrs string // "; Path=/; Max-Age=…; HttpOnly; Secure; SameSite=…"
 	expiredCookie      string // a Set-Cookie that deletes the session cookie
 
-	stats          counters
-	warnedInsecure atomic.Bool
+	stats counters
 }
 
 // Validate reports every invalid setting of cfg in one error, or nil.
@@ -216,7 +218,24 @@ func New(cfg Config) (*Cache, error) {
 	flags += "; SameSite=" + cfg.SameSite.String()
 	c.sessionCookieAttrs = "; Path=/; Max-Age=" + strconv.FormatInt(int64(cfg.Lifetime/time.Second), 10) + flags
 	c.expiredCookie = cfg.CookieName + "=; Path=/; Max-Age=0" + flags
+	c.warnConfig()
 	return c, nil
+}
+
+// warnConfig logs settings that are valid but weaker than they look.
+func (c *Cache) warnConfig() {
+	if c.cfg.InsecureCookie {
+		return
+	}
+	if !hasPrefixFold(c.cfg.CookieName, "__Host-") {
+		// A sibling subdomain can set a cookie of the same name for the
+		// parent domain; a __Host- cookie cannot be set that way.
+		c.log.Warn("the session cookie lacks the __Host- prefix: a sibling subdomain can toss its own session cookie at this host; requests carrying two valid sessions are served without a session",
+			slog.String("cookie", c.cfg.CookieName))
+	}
+	if c.cfg.TrustForwardedProto {
+		c.log.Warn("TrustForwardedProto has no effect with a Secure session cookie: every request with a session came over https")
+	}
 }
 
 func orDefault[T int | time.Duration](v, def T) T {
@@ -323,9 +342,10 @@ type Exchange struct {
 	Cookie        string
 	RewriteCookie bool
 
-	origin  origin
-	session *Session
-	stale   bool // the browser presented a session cookie that is not valid
+	origin   origin
+	session  *Session
+	stale    bool // the browser presented a session cookie that is not valid
+	conflict bool // the browser presented two different valid sessions
 }
 
 // HasSession reports whether the request belongs to a valid session.
@@ -370,18 +390,41 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 			n++
 		}
 	}
-	for _, value := range candidates[:n] {
-		s, err := c.findSession(ctx, value, now)
-		if err != nil {
-			return err
+	if err := c.chooseSession(ctx, x, candidates[:n], now); err != nil {
+		return err
+	}
+	x.stale = sawSession && x.session == nil && !x.conflict
+	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession || dropped)
+	return nil
+}
+
+// chooseSession sets x.session to the valid session the request's
+// session cookies name. Two different valid sessions mean a cookie was
+// tossed at this host (from a sibling subdomain, when the name lacks
+// __Host-): choosing either could let an attacker's session collect the
+// victim's login, so the request gets none, and cannot create one.
+func (c *Cache) chooseSession(ctx context.Context, x *Exchange, values []string, now int64) error {
+	for i, value := range values {
+		if slices.Contains(values[:i], value) {
+			continue
 		}
-		if s != nil {
+		s, err := c.findSession(ctx, value, now)
+		switch {
+		case err != nil:
+			return err
+		case s == nil:
+		case x.session == nil:
 			x.session = s
-			break
+		case !x.session.id.Equal(s.id):
+			x.conflict = true
 		}
 	}
-	x.stale = sawSession && x.session == nil
-	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession || dropped)
+	if x.conflict {
+		x.session = nil
+		c.stats.sessionConflicts.Add(1)
+		c.log.LogAttrs(ctx, slog.LevelWarn, "request carries two different valid session cookies; serving it without a session",
+			slog.String("host", x.origin.host))
+	}
 	return nil
 }
 
@@ -512,19 +555,36 @@ func (c *Cache) origin(r *Request) origin {
 	if i := strings.IndexByte(o.path, '#'); i >= 0 {
 		o.path = o.path[:i]
 	}
-	scheme := r.Scheme
-	if c.cfg.TrustForwardedProto && r.ForwardedProto != "" {
-		// Each proxy appends its own; the first is the browser's.
-		scheme, _, _ = strings.Cut(r.ForwardedProto, ",")
-		scheme = trimWSP(scheme)
-	}
-	o.secure = strings.EqualFold(scheme, "https") || isLoopbackHost(o.host, isIP)
+	o.secure = c.secureOrigin(r, o.host, isIP)
 	o.crossSite = strings.EqualFold(trimWSP(r.FetchSite), "cross-site")
 	dest := trimWSP(r.FetchDest)
 	o.topLevelNav = strings.EqualFold(trimWSP(r.FetchMode), "navigate") &&
 		(dest == "" || strings.EqualFold(dest, "document"))
 	o.safeMethod = r.Method == "" || r.Method == http.MethodGet || r.Method == http.MethodHead
 	return o
+}
+
+// secureOrigin reports whether the browser reached the proxy over a
+// secure channel.
+//
+// A browser sends a Secure cookie only over a secure channel and keeps
+// one only from a secure origin. So with a Secure session cookie, every
+// request that carries a valid session came over https, and a session
+// created from an insecure origin is one the browser drops: either way
+// the origin counts as secure, whatever the last hop's scheme (TLS often
+// ends at a load balancer in front of Envoy). Only with an insecure
+// session cookie does the request's own scheme decide.
+func (c *Cache) secureOrigin(r *Request, host string, isIP bool) bool {
+	if !c.cfg.InsecureCookie {
+		return true
+	}
+	scheme := r.Scheme
+	if c.cfg.TrustForwardedProto && r.ForwardedProto != "" {
+		// Each proxy appends its own; the first is the browser's.
+		scheme, _, _ = strings.Cut(r.ForwardedProto, ",")
+		scheme = trimWSP(scheme)
+	}
+	return strings.EqualFold(scheme, "https") || isLoopbackHost(host, isIP)
 }
 
 // Capture processes a backend's response to the request of x. Backend
@@ -572,6 +632,8 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 				reason = RejectSessionName
 			case ended:
 				reason = RejectSessionEnded
+			case x.conflict:
+				reason = RejectSessionConflict
 			}
 			if reason != RejectNone {
 				c.reject(ctx, reason, sc.name)
@@ -601,10 +663,6 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 		x.session, x.stale = s, false
 		edit.SetCookie = append(edit.SetCookie, c.cfg.CookieName+"="+s.id.CookieValue()+c.sessionCookieAttrs)
 		proxyCookie = true
-		if !c.cfg.InsecureCookie && !x.origin.secure && c.warnedInsecure.CompareAndSwap(false, true) {
-			c.log.Warn("issued a Secure session cookie over an insecure connection: browsers will drop it; serve over https, set TrustForwardedProto behind a TLS-terminating proxy, or use an insecure cookie for local development",
-				slog.String("host", x.origin.host))
-		}
 	case s != nil && journal != nil && !ch.Empty():
 		if err := c.store.Commit(ctx, s, &ch); err != nil {
 			return ResponseEdit{}, fmt.Errorf("saving session: %w", err)
@@ -614,7 +672,10 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 		edit.SetCookie = append(edit.SetCookie, c.expiredCookie)
 		x.stale, proxyCookie = false, true
 	}
-	if proxyCookie {
+	if proxyCookie || edit.RemoveSetCookie {
+		// The response set cookies for one browser: no shared cache may
+		// serve it to another, whether it now carries the session cookie
+		// or nothing at all.
 		edit.CacheControl = privateCacheControl(resp.CacheControl)
 	}
 	return edit, nil

@@ -107,6 +107,11 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 	if sc.httpOnly {
 		c.flags |= flagHTTPOnly
 	}
+	if sc.sameSite == SameSiteNone && !sc.secure {
+		// Browsers ignore these (§5.7): sent cross-site without Secure,
+		// the cookie would ride along on plain-http cross-site requests.
+		return storeResult{reject: RejectSameSiteNoneInsecure}
+	}
 	if sc.sameSite != SameSiteNone && o.crossSite && !o.topLevelNav {
 		return storeResult{reject: RejectCrossSite}
 	}

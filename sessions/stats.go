@@ -8,20 +8,22 @@ type RejectReason uint8
 // Reasons for rejecting a Set-Cookie. Each follows a rule of RFC 6265bis
 // §5.6–5.7 or of proxysession's session policy.
 const (
-	RejectNone               RejectReason = iota
-	RejectControlChar                     // the line holds a control character
-	RejectTooLarge                        // name and value exceed 4096 bytes
-	RejectEmpty                           // empty name and value
-	RejectNoHost                          // the request had no usable host
-	RejectDomainNotASCII                  // non-ASCII Domain attribute
-	RejectPublicSuffix                    // Domain is a public suffix
-	RejectDomainMismatch                  // Domain does not cover the request host
-	RejectSecureFromInsecure              // Secure cookie set over an insecure origin
-	RejectOverwritesSecure                // insecure origin shadowing a Secure cookie
-	RejectPrefix                          // __Secure-/__Host- prefix rules not met
-	RejectCrossSite                       // SameSite cookie set by a cross-site request
-	RejectSessionName                     // uses the proxy's session cookie name
-	RejectSessionEnded                    // set in the response that ended the session
+	RejectNone                 RejectReason = iota
+	RejectControlChar                       // the line holds a control character
+	RejectTooLarge                          // name and value exceed 4096 bytes
+	RejectEmpty                             // empty name and value
+	RejectNoHost                            // the request had no usable host
+	RejectDomainNotASCII                    // non-ASCII Domain attribute
+	RejectPublicSuffix                      // Domain is a public suffix
+	RejectDomainMismatch                    // Domain does not cover the request host
+	RejectSecureFromInsecure                // Secure cookie set over an insecure origin
+	RejectOverwritesSecure                  // insecure origin shadowing a Secure cookie
+	RejectPrefix                            // __Secure-/__Host- prefix rules not met
+	RejectCrossSite                         // SameSite cookie set by a cross-site request
+	RejectSessionName                       // uses the proxy's session cookie name
+	RejectSessionEnded                      // set in the response that ended the session
+	RejectSameSiteNoneInsecure              // SameSite=None without Secure (§5.7 step 16)
+	RejectSessionConflict                   // the request carried two different valid sessions
 	numRejectReasons
 )
 
@@ -29,6 +31,7 @@ var rejectNames = [numRejectReasons]string{
 	"none", "control_char", "too_large", "empty", "no_host", "domain_not_ascii",
 	"public_suffix", "domain_mismatch", "secure_from_insecure", "overwrites_secure",
 	"prefix", "cross_site", "session_cookie_name", "session_ended",
+	"samesite_none_insecure", "session_conflict",
 }
 
 // String returns the reason as a metric label value, e.g. "public_suffix".
@@ -72,10 +75,13 @@ type Stats struct {
 	// UnknownSessionIDs counts session cookies presented with an id that
 	// is malformed, unknown, evicted or expired.
 	UnknownSessionIDs uint64
-	CookiesStored     uint64 // backend cookies stored or replaced
-	CookiesDeleted    uint64 // backend cookies deleted by the backend (expired on arrival)
-	CookiesEvicted    uint64 // cookies pushed out by the per-session limits
-	CookiesPassed     uint64 // pass-through cookies sent on to the browser
+	// SessionConflicts counts requests that carried two different valid
+	// session cookies and were served without a session.
+	SessionConflicts uint64
+	CookiesStored    uint64 // backend cookies stored or replaced
+	CookiesDeleted   uint64 // backend cookies deleted by the backend (expired on arrival)
+	CookiesEvicted   uint64 // cookies pushed out by the per-session limits
+	CookiesPassed    uint64 // pass-through cookies sent on to the browser
 	// CookiesRejected has an entry for every RejectReason but RejectNone.
 	CookiesRejected map[RejectReason]uint64
 }
@@ -85,6 +91,7 @@ type counters struct {
 	sessionsCreated   atomic.Uint64
 	sessionsEnded     [numEndReasons]atomic.Uint64
 	unknownSessionIDs atomic.Uint64
+	sessionConflicts  atomic.Uint64
 	cookiesStored     atomic.Uint64
 	cookiesDeleted    atomic.Uint64
 	cookiesEvicted    atomic.Uint64
@@ -98,6 +105,7 @@ func (c *counters) snapshot() Stats {
 		SessionsEnded:     make(map[EndReason]uint64, numEndReasons),
 		SessionsActive:    -1,
 		UnknownSessionIDs: c.unknownSessionIDs.Load(),
+		SessionConflicts:  c.sessionConflicts.Load(),
 		CookiesStored:     c.cookiesStored.Load(),
 		CookiesDeleted:    c.cookiesDeleted.Load(),
 		CookiesEvicted:    c.cookiesEvicted.Load(),

@@ -12,6 +12,7 @@ type sessionsCollector struct {
 	cache *sessions.Cache
 
 	active, created, ended, unknownIDs *prometheus.Desc
+	conflicts                          *prometheus.Desc
 	stored, deleted, evicted, passed   *prometheus.Desc
 	rejected                           *prometheus.Desc
 	storeFailures, undecryptable       *prometheus.Desc
@@ -27,6 +28,7 @@ func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
 		created:       d("sessions_created_total", "Sessions created (a backend set the first cookie)."),
 		ended:         d("sessions_ended_total", "Sessions ended, by reason: expired (absolute lifetime), idle, evicted (memory store full), logout (Clear-Site-Data).", "reason"),
 		unknownIDs:    d("unknown_session_ids_total", "Session cookies presented with a malformed, unknown, evicted or expired id."),
+		conflicts:     d("session_conflicts_total", "Requests that carried two different valid session cookies (one tossed from a sibling subdomain) and were served without a session."),
 		stored:        d("cookies_captured_total", "Backend cookies stored in a session's jar (added or replaced)."),
 		deleted:       d("cookies_deleted_total", "Backend cookies deleted by the backend (sent already expired)."),
 		evicted:       d("cookies_evicted_total", "Stored cookies evicted by the per-session limits."),
@@ -38,7 +40,7 @@ func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
 }
 
 func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.storeFailures, c.undecryptable} {
+	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.conflicts, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.storeFailures, c.undecryptable} {
 		ch <- d
 	}
 }
@@ -56,6 +58,7 @@ func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.ended, n, reason.String())
 	}
 	counter(c.unknownIDs, s.UnknownSessionIDs)
+	counter(c.conflicts, s.SessionConflicts)
 	counter(c.stored, s.CookiesStored)
 	counter(c.deleted, s.CookiesDeleted)
 	counter(c.evicted, s.CookiesEvicted)

@@ -158,7 +158,7 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.duration(&sc.MaxCookieLifetime, "max-cookie-lifetime", 400*24*time.Hour, "cap on backend cookies' Expires and Max-Age (at most 9600h, 400 days)")
 	o.str(&cfg.passThrough, "pass-through-cookies", "", "comma-separated cookie names that go to the browser untouched, e.g. XSRF-TOKEN,_xsrf")
 	o.boolean(&sc.StripBrowserCookies, "strip-browser-cookies", false, "drop every browser cookie but the session cookie and pass-through cookies")
-	o.boolean(&sc.TrustForwardedProto, "trust-forwarded-proto", false, "take the browser-facing scheme from X-Forwarded-Proto (when TLS ends in front of Envoy)")
+	o.boolean(&sc.TrustForwardedProto, "trust-forwarded-proto", false, "with -cookie-secure=false only: take the browser-facing scheme from X-Forwarded-Proto (a Secure session cookie makes every browser-facing origin https)")
 	o.integer(&sc.MaxCookiesPerDomain, "max-cookies-per-domain", sessions.DefaultMaxCookiesPerDomain, "cookies a session keeps per domain (at least 50)")
 	o.integer(&sc.MaxCookiesPerSession, "max-cookies-per-session", sessions.DefaultMaxCookiesPerSession, "cookies a session keeps in all")
 	o.integer(&sc.MaxBytesPerSession, "max-bytes-per-session", sessions.DefaultMaxBytesPerSession, "bytes of cookies a session keeps (names, values, domains, paths; at least 8192)")
