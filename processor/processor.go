@@ -50,9 +50,6 @@ type Options struct {
 	// Metrics records message counts and latencies. Default: metrics
 	// that are not registered anywhere.
 	Metrics *Metrics
-	// TrustForwardedProto passes X-Forwarded-Proto to the engine (which
-	// uses it only when configured to trust it too).
-	TrustForwardedProto bool
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -61,7 +58,6 @@ type Server struct {
 	engine  Engine
 	log     *slog.Logger
 	metrics *Metrics
-	trustFP bool
 
 	warnedObservability atomic.Bool
 	warnedNoRequest     atomic.Bool
@@ -75,7 +71,7 @@ func New(engine Engine, opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics()
 	}
-	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, trustFP: opts.TrustForwardedProto}
+	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics}
 }
 
 // Process serves one ext_proc stream: one HTTP request and its response.
@@ -172,9 +168,16 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 	if err := s.engine.Expand(ctx, &req, &st.x); err != nil {
 		return s.unavailable(ctx, phaseRequestHeaders, start, err)
 	}
-	reply := newHeadersReply(phaseRequestHeaders, st.x.RewriteCookie)
+	// A request that shows no Cookie header gets one removed all the same:
+	// when Envoy's forward_rules hide it, the session cookie must not
+	// reach the backend unseen. Removing a missing header does nothing.
+	noCookies := len(req.Cookies) == 0
+	reply := newHeadersReply(phaseRequestHeaders, st.x.RewriteCookie || noCookies)
 	switch {
 	case !st.x.RewriteCookie:
+		if noCookies {
+			reply.mutation.RemoveHeaders = removeCookie
+		}
 	case st.x.Cookie == "":
 		reply.mutation.RemoveHeaders = removeCookie
 	case len(st.x.Cookie) <= maxHeaderValueBytes:
@@ -214,12 +217,14 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 		return s.unavailable(ctx, phaseResponseHeaders, start, err)
 	}
 	modified := edit.RemoveSetCookie || len(edit.SetCookie) > 0 || edit.CacheControl != ""
-	reply := newHeadersReply(phaseResponseHeaders, modified)
+	// Every reply removes Set-Cookie, whatever the engine saw: when
+	// Envoy's forward_rules hide Set-Cookie from proxysession, the
+	// backend's cookies are dropped instead of reaching the browser.
+	// (Removal runs before set_headers, so the session cookie survives.)
+	reply := newHeadersReply(phaseResponseHeaders, true)
+	m := &reply.mutation
+	m.RemoveHeaders = removeSetCookie
 	if modified {
-		m := &reply.mutation
-		if edit.RemoveSetCookie {
-			m.RemoveHeaders = removeSetCookie
-		}
 		for _, v := range edit.SetCookie {
 			if len(v) > maxHeaderValueBytes {
 				// Only a pass-through line can be this long; Envoy's API
@@ -309,9 +314,8 @@ func (s *Server) sessionRequest(ctx context.Context, m *corev3.HeaderMap) sessio
 		case fieldCookie:
 			req.Cookies = append(req.Cookies, headerValue(hv))
 		case fieldForwardedProto:
-			if s.trustFP {
-				req.ForwardedProto = headerValue(hv)
-			}
+			// The engine decides whether to trust it.
+			req.ForwardedProto = headerValue(hv)
 		case fieldFetchSite:
 			req.FetchSite = headerValue(hv)
 		case fieldFetchMode:

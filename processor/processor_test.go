@@ -433,8 +433,9 @@ func TestResponseWithoutRequest(t *testing.T) {
 	stream := openStream(t, h)
 	resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
 	m := resp.GetResponseHeaders().GetResponse().GetHeaderMutation()
-	if !slices.Equal(m.GetRemoveHeaders(), []string{"set-cookie"}) || len(m.GetSetHeaders()) != 0 {
-		t.Errorf("mutation %v, want backend cookie removed", m)
+	if !slices.Equal(m.GetRemoveHeaders(), []string{"set-cookie"}) || len(m.GetSetHeaders()) != 1 ||
+		m.GetSetHeaders()[0].GetHeader().GetKey() != "cache-control" || string(m.GetSetHeaders()[0].GetHeader().GetRawValue()) != "private" {
+		t.Errorf("mutation %v, want backend cookie removed and the response private", m)
 	}
 	if got := testutil.ToFloat64(h.metrics.badInput.WithLabelValues("response_without_request")); got != 1 {
 		t.Errorf("counted %v", got)

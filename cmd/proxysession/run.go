@@ -149,7 +149,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer) error {
 	}
 	grpcServer := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(grpcServer, processor.New(cache, processor.Options{
-		Logger: log, Metrics: metrics, TrustForwardedProto: cfg.Sessions.TrustForwardedProto,
+		Logger: log, Metrics: metrics,
 	}))
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(grpcServer, healthServer)

@@ -67,6 +67,17 @@ type Filter struct {
 	ObservabilityMode bool
 	// Trace, when set, receives every message sent and received.
 	Trace func(sent bool, msg any)
+	// DownstreamScheme, when set, is the scheme of Envoy's own
+	// downstream connection, which Envoy reports in :scheme and (with
+	// use_remote_address) x-forwarded-proto whatever the browser used:
+	// "http" when TLS ends at a load balancer in front of Envoy.
+	DownstreamScheme string
+	// AllowedHeaders and DisallowedHeaders are the filter's forward_rules
+	// as exact lower-case names: when AllowedHeaders is not empty, only
+	// those headers go to the processor; DisallowedHeaders never do.
+	// Pseudo-headers are matched too, as in Envoy. Mutations still apply
+	// to every header, seen or not.
+	AllowedHeaders, DisallowedHeaders []string
 
 	mu    sync.Mutex
 	stats Stats
@@ -126,7 +137,7 @@ func (f *Filter) RoundTrip(req *http.Request) (*http.Response, error) {
 	x := &exchange{f: f, stream: stream, timeout: timeout, active: true}
 	defer x.close()
 
-	headers := requestHeaderMap(req)
+	headers := f.requestHeaderMap(req)
 	if err := x.process(&extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
 			Headers:     f.headerMap(headers),
@@ -457,32 +468,48 @@ func hasHeader(headers []Header, key string) bool {
 	return false
 }
 
-// headerMap encodes headers as Envoy sends them.
+// headerMap encodes headers as Envoy sends them, less those the
+// forward rules hide.
 func (f *Filter) headerMap(headers []Header) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, len(headers))}
-	for i, h := range headers {
+	m := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(headers))}
+	for _, h := range headers {
+		if !f.forwarded(h.Key) {
+			continue
+		}
 		if f.LegacyValue {
-			m.Headers[i] = &corev3.HeaderValue{Key: h.Key, Value: string(h.Value)}
+			m.Headers = append(m.Headers, &corev3.HeaderValue{Key: h.Key, Value: string(h.Value)})
 		} else {
-			m.Headers[i] = &corev3.HeaderValue{Key: h.Key, RawValue: bytes.Clone(h.Value)}
+			m.Headers = append(m.Headers, &corev3.HeaderValue{Key: h.Key, RawValue: bytes.Clone(h.Value)})
 		}
 	}
 	return m
 }
 
+// forwarded applies the forward rules to a header name.
+func (f *Filter) forwarded(key string) bool {
+	if len(f.AllowedHeaders) > 0 && !slices.Contains(f.AllowedHeaders, key) {
+		return false
+	}
+	return !slices.Contains(f.DisallowedHeaders, key)
+}
+
 // requestHeaderMap builds the header map Envoy's HCM hands to the filter:
 // pseudo-headers, the client's headers (sorted, as a Go client's map has
 // no order), then x-forwarded-proto and x-request-id.
-func requestHeaderMap(req *http.Request) []Header {
+func (f *Filter) requestHeaderMap(req *http.Request) []Header {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
+	}
+	scheme := req.URL.Scheme
+	if f.DownstreamScheme != "" {
+		scheme = f.DownstreamScheme
 	}
 	h := []Header{
 		{":authority", []byte(host)},
 		{":path", []byte(req.URL.RequestURI())},
 		{":method", []byte(req.Method)},
-		{":scheme", []byte(req.URL.Scheme)},
+		{":scheme", []byte(scheme)},
 	}
 	for _, k := range slices.Sorted(maps.Keys(req.Header)) {
 		lk := strings.ToLower(k)
@@ -494,7 +521,7 @@ func requestHeaderMap(req *http.Request) []Header {
 		}
 	}
 	return append(h,
-		Header{"x-forwarded-proto", []byte(req.URL.Scheme)},
+		Header{"x-forwarded-proto", []byte(scheme)},
 		Header{"x-request-id", []byte(rand.Text())},
 	)
 }

@@ -1,0 +1,81 @@
+package processor
+
+import (
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/proxysession/proxysession/processor/envoytest"
+	"github.com/proxysession/proxysession/sessions"
+)
+
+// TestSecureCookiesBehindTLSTerminatingProxy: TLS ends at a load balancer,
+// so Envoy reports :scheme http and x-forwarded-proto http while the
+// browser speaks https. With the default (Secure) session cookie the
+// backend's Secure cookies are stored and sent all the same; with an
+// insecure session cookie the request's own scheme decides.
+func TestSecureCookiesBehindTLSTerminatingProxy(t *testing.T) {
+	tests := []struct {
+		name      string
+		cfg       sessions.Config
+		url       string
+		wantSent  bool
+		wantCount uint64 // secure_from_insecure rejections
+	}{
+		{name: "default cookie, http last hop", cfg: testConfig, url: "https://app.test", wantSent: true},
+		{name: "insecure cookie, plain http", cfg: sessions.Config{InsecureCookie: true, PassThrough: []string{"XSRF-TOKEN"}}, url: "http://app.test", wantCount: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, tt.cfg, demoBackend())
+			h.filter.DownstreamScheme = "http"
+			browser := envoytest.NewBrowser(h.filter)
+			get(t, browser, tt.url+"/login")
+			got := backendCookies(t, browser, tt.url+"/echo")
+			if sent := len(got) == 1 && strings.Contains(got[0], "sid=alice-"); sent != tt.wantSent {
+				t.Errorf("backend saw Cookie %q; want the Secure sid sent: %v", got, tt.wantSent)
+			}
+			if n := h.cache.Stats().CookiesRejected[sessions.RejectSecureFromInsecure]; n != tt.wantCount {
+				t.Errorf("secure_from_insecure = %d, want %d", n, tt.wantCount)
+			}
+		})
+	}
+}
+
+// TestHiddenHeadersFailClosed: Envoy's forward_rules can hide Set-Cookie
+// or Cookie from proxysession. Backend cookies must then be dropped, not
+// reach the browser, and the session cookie must not reach the backend.
+func TestHiddenHeadersFailClosed(t *testing.T) {
+	t.Run("set-cookie hidden", func(t *testing.T) {
+		h := newHarness(t, testConfig, demoBackend())
+		h.filter.DisallowedHeaders = []string{"set-cookie"}
+		req, _ := http.NewRequest(http.MethodGet, "https://app.test/login", nil)
+		resp, err := h.filter.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if sc := resp.Header.Values("Set-Cookie"); len(sc) != 0 {
+			t.Errorf("browser got Set-Cookie %q from a response proxysession could not see", sc)
+		}
+	})
+	t.Run("cookie hidden", func(t *testing.T) {
+		h := newHarness(t, testConfig, demoBackend())
+		browser := envoytest.NewBrowser(h.filter)
+		get(t, browser, "https://app.test/login")
+		h.filter.DisallowedHeaders = []string{"cookie"}
+		if got := backendCookies(t, browser, "https://app.test/echo"); len(got) != 0 {
+			t.Errorf("backend saw Cookie %q that proxysession could not see", got)
+		}
+	})
+	t.Run("every response reply removes set-cookie", func(t *testing.T) {
+		h := newHarness(t, testConfig, demoBackend())
+		stream := openStream(t, h)
+		envoytest.Send(t, stream, envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":method", "GET", ":scheme", "https"))
+		resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200"))
+		if m := resp.GetResponseHeaders().GetResponse().GetHeaderMutation(); !slices.Equal(m.GetRemoveHeaders(), []string{"set-cookie"}) {
+			t.Errorf("mutation %v, want set-cookie removed", m)
+		}
+	})
+}
