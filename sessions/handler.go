@@ -2,11 +2,17 @@ package sessions
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,6 +51,21 @@ func NewCache(sessionCookieName string, sessionCookieTimeout time.Duration, cook
 // cookie on the way out. When the store fails, it answers 503 itself
 // rather than forward a request without its cookies or leak a response's.
 //
+// No backend Set-Cookie reaches the browser, whatever path the response
+// takes. The wrapped handler writes into a header map of its own, which
+// is copied to the real one only after its cookies are captured, so a
+// cookie set under any spelling of the name ("set-cookie"), a response
+// abandoned by a panic, or an outer middleware's error page cannot carry
+// one. Informational (1xx) responses go out without the handler's
+// Set-Cookie fields, which stay for the final response. Trailers never
+// carry Set-Cookie. On a hijacked connection the handler's response head
+// is parsed before it is sent: a 101 Switching Protocols head has its
+// cookies captured like a final response's, and a head that cannot be
+// parsed, or whose framing the session layer could not follow (chunked,
+// an upgrade to HTTP/2), closes the connection instead. A connection is
+// not handed over once a final response other than a protocol switch
+// has begun.
+//
 // metricHandler, when not nil, records the status codes that the session
 // layer decides: its own 503s, and the implicit 200 of a handler that
 // writes a body without calling WriteHeader. A nil Cache returns wrapped
@@ -82,7 +103,7 @@ func (h *sessionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.c.cfg.TrustForwardedProto {
 		req.ForwardedProto = first(r.Header["X-Forwarded-Proto"])
 	}
-	sw := &sessionWriter{h: h, w: w, r: r}
+	sw := &sessionWriter{h: h, w: w, r: r, header: shallowClone(w.Header())}
 	if err := h.c.Expand(r.Context(), &req, &sw.x); err != nil {
 		sw.fail(err)
 		return
@@ -98,12 +119,24 @@ func (h *sessionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Header["Cookie"] = []string{sw.x.Cookie}
 		}
 	}
+	returned := false
+	defer func() {
+		if !returned {
+			// The handler panicked (or called runtime.Goexit). An outer
+			// recovery middleware may still answer with the real header
+			// map: make sure it holds no cookie. The panic goes on as it
+			// was, http.ErrAbortHandler included, since nothing recovers it.
+			sw.scrub()
+		}
+	}()
 	h.wrapped.ServeHTTP(sw, r)
+	returned = true
 	if !sw.wroteHeader && !sw.hijacked {
-		// net/http would send the handler's headers, Set-Cookie and all,
-		// after it returns: capture them first.
+		// net/http would send the handler's headers after it returns:
+		// capture their cookies first.
 		sw.WriteHeader(http.StatusOK)
 	}
+	sw.exportTrailers()
 }
 
 func first(values []string) string {
@@ -113,24 +146,50 @@ func first(values []string) string {
 	return values[0]
 }
 
-// sessionWriter captures the backend's cookies just before the response
-// header is written.
+// shallowClone copies h's entries into a new map, sharing the values.
+// The slices are clipped, so that an append through one map cannot write
+// into the other's array.
+func shallowClone(h http.Header) http.Header {
+	c := make(http.Header, len(h))
+	for k, v := range h {
+		c[k] = slices.Clip(v)
+	}
+	return c
+}
+
+// sessionWriter gives the wrapped handler a header map of its own and
+// copies it to the real writer only when the response header is written,
+// after the backend's cookies are captured: until then nothing the
+// handler set can reach the browser, by any path.
 type sessionWriter struct {
-	h           *sessionHandler
-	w           http.ResponseWriter
-	r           *http.Request
+	h *sessionHandler
+	w http.ResponseWriter
+	r *http.Request
+	// header is the wrapped handler's header map. It starts as a copy of
+	// the real one, so the handler sees what outer middleware set.
+	header      http.Header
 	x           Exchange
+	status      int // the final status written, once wroteHeader
 	wroteHeader bool
 	hijacked    bool
 	failed      bool
 }
 
-var errStoreFailed = errors.New("sessions: session store failed; response replaced by 503")
+var (
+	errStoreFailed = errors.New("sessions: session store failed; response replaced by 503")
+	// errHijackAfterHeader refuses to hand over a connection on which an
+	// HTTP response is under way: the handler could go on to write raw
+	// HTTP (a chunked trailer, a second response) past the session layer.
+	errHijackAfterHeader = errors.New("sessions: hijack after an HTTP response header was written")
+)
 
-func (w *sessionWriter) Header() http.Header { return w.w.Header() }
+// Header returns the wrapped handler's own header map.
+func (w *sessionWriter) Header() http.Header { return w.header }
 
+// Write writes the header first, if the handler has not, so that its
+// cookies are captured before anything is sent.
 func (w *sessionWriter) Write(b []byte) (int, error) {
-	if !w.wroteHeader {
+	if !w.wroteHeader && !w.hijacked {
 		if w.WriteHeader(http.StatusOK); !w.failed {
 			w.recordMetric(http.StatusOK)
 		}
@@ -141,34 +200,228 @@ func (w *sessionWriter) Write(b []byte) (int, error) {
 	return w.w.Write(b)
 }
 
+// WriteHeader captures the handler's cookies, then exports its header map
+// to the real writer, edited, and writes the status. A 1xx status sends
+// the map without cookies and leaves the final response to come.
 func (w *sessionWriter) WriteHeader(code int) {
-	if w.wroteHeader || (code >= 100 && code < 200 && code != http.StatusSwitchingProtocols) {
-		// Informational responses and superfluous calls pass through;
-		// net/http handles them.
+	switch {
+	case w.wroteHeader || w.hijacked:
+		// Superfluous calls, and calls on a hijacked connection, send
+		// nothing: net/http ignores and logs them.
 		w.w.WriteHeader(code)
 		return
+	case code >= 100 && code < 200 && code != http.StatusSwitchingProtocols:
+		w.writeInformational(code)
+		return
 	}
-	w.wroteHeader = true
-	h := w.w.Header()
-	edit, err := w.h.c.Capture(w.r.Context(), &w.x, &Response{
-		SetCookie:     h["Set-Cookie"],
-		ClearSiteData: h["Clear-Site-Data"],
-		CacheControl:  h["Cache-Control"],
-	})
+	w.wroteHeader, w.status = true, code
+	resp := w.response()
+	edit, err := w.h.c.Capture(w.r.Context(), &w.x, &resp)
 	if err != nil {
 		w.fail(err)
 		return
 	}
-	if edit.RemoveSetCookie {
-		delete(h, "Set-Cookie")
-	}
-	for _, v := range edit.SetCookie {
-		h["Set-Cookie"] = append(h["Set-Cookie"], v)
-	}
-	if edit.CacheControl != "" {
-		h["Cache-Control"] = []string{edit.CacheControl}
+	w.exportHeader(&edit)
+	w.w.WriteHeader(code)
+}
+
+// writeInformational sends a 1xx response. net/http sends the header map
+// as it is with one (and does not clear it, RFC 8297), so the real map
+// gets the handler's fields without Set-Cookie: informational responses
+// set no cookies. The handler's Set-Cookie fields stay in its own map for
+// the final response, which captures them.
+func (w *sessionWriter) writeInformational(code int) {
+	if n := w.exportHeader(nil); n > 0 {
+		w.h.c.log.LogAttrs(w.r.Context(), slog.LevelInfo, "withheld backend Set-Cookie from an informational response",
+			slog.Int("status", code), slog.Int("count", n))
 	}
 	w.w.WriteHeader(code)
+}
+
+// response collects the fields that Capture reads from the handler's
+// header map. Keys are matched without regard to case: net/http writes a
+// non-canonical key such as "set-cookie" as it is, and browsers honour it.
+func (w *sessionWriter) response() Response {
+	h := w.header
+	resp := Response{
+		SetCookie:     h["Set-Cookie"],
+		ClearSiteData: h["Clear-Site-Data"],
+		CacheControl:  h["Cache-Control"],
+	}
+	var odd []string
+	for k := range h {
+		if fieldIndex(k) >= 0 && k != "Set-Cookie" && k != "Clear-Site-Data" && k != "Cache-Control" {
+			odd = append(odd, k)
+		}
+	}
+	if odd == nil {
+		return resp
+	}
+	// Rare: sort for a deterministic order; clip so that appending never
+	// writes into the handler's arrays.
+	slices.Sort(odd)
+	fields := [...]*[]string{&resp.SetCookie, &resp.ClearSiteData, &resp.CacheControl}
+	for _, k := range odd {
+		f := fields[fieldIndex(k)]
+		*f = append(slices.Clip(*f), h[k]...)
+	}
+	return resp
+}
+
+// fieldIndex says which of Response's fields a header key names, in any
+// case: 0 Set-Cookie, 1 Clear-Site-Data, 2 Cache-Control, or -1. (Keys
+// that net/http would not send, such as "Set-Cookie " with a space, are
+// not captured; isSetCookieKey keeps them from the browser all the same.)
+func fieldIndex(k string) int {
+	switch {
+	case len(k) == len("Set-Cookie") && strings.EqualFold(k, "Set-Cookie"):
+		return 0
+	case len(k) == len("Clear-Site-Data") && strings.EqualFold(k, "Clear-Site-Data"):
+		return 1
+	case len(k) == len("Cache-Control") && strings.EqualFold(k, "Cache-Control"):
+		return 2
+	}
+	return -1
+}
+
+// isSetCookieKey reports whether a header map key could put a Set-Cookie
+// field on the wire, as a header or a trailer: "Set-Cookie" in any case,
+// padded with SP or HTAB, or behind http.TrailerPrefix in any case.
+// net/http drops keys that are not tokens, but other writers may not.
+func isSetCookieKey(k string) bool {
+	if len(k) < len("Set-Cookie") {
+		return false
+	}
+	const prefix = http.TrailerPrefix
+	for len(k) > len(prefix) && strings.EqualFold(k[:len(prefix)], prefix) {
+		k = trimWSP(k[len(prefix):])
+	}
+	return strings.EqualFold(trimWSP(k), "Set-Cookie")
+}
+
+// exportHeader makes the real header map a copy of the handler's, less
+// every Set-Cookie field and the declaration of a Set-Cookie trailer,
+// with edit applied when it is not nil. The values are moved, not copied.
+// It returns the number of Set-Cookie values left out.
+func (w *sessionWriter) exportHeader(edit *ResponseEdit) (withheld int) {
+	dst := w.w.Header()
+	clear(dst)
+	replaceCacheControl := edit != nil && edit.CacheControl != ""
+	for k, v := range w.header {
+		switch {
+		case isSetCookieKey(k):
+			withheld += len(v)
+			continue
+		case replaceCacheControl && fieldIndex(k) == 2:
+			continue
+		case len(k) == len("Trailer") && strings.EqualFold(k, "Trailer"):
+			if v = withoutSetCookieTrailer(v); len(v) == 0 {
+				continue
+			}
+		}
+		dst[k] = v
+	}
+	if edit != nil {
+		if len(edit.SetCookie) > 0 {
+			dst["Set-Cookie"] = edit.SetCookie
+		}
+		if replaceCacheControl {
+			dst["Cache-Control"] = []string{edit.CacheControl}
+		}
+	}
+	return withheld
+}
+
+// withoutSetCookieTrailer removes "Set-Cookie" from Trailer field values,
+// allocating only when there is one.
+func withoutSetCookieTrailer(values []string) []string {
+	found := false
+	for _, v := range values {
+		for name := range trailerNames(v) {
+			found = found || isSetCookieKey(name)
+		}
+	}
+	if !found {
+		return values
+	}
+	var out []string
+	for _, v := range values {
+		var kept []string
+		for name := range trailerNames(v) {
+			if !isSetCookieKey(name) {
+				kept = append(kept, name)
+			}
+		}
+		if len(kept) > 0 {
+			out = append(out, strings.Join(kept, ", "))
+		}
+	}
+	return out
+}
+
+// trailerNames yields the field names of a Trailer field value, split as
+// net/http splits it: at commas, trimmed, empty elements skipped.
+func trailerNames(v string) func(yield func(string) bool) {
+	return func(yield func(string) bool) {
+		for v != "" {
+			var name string
+			name, v, _ = strings.Cut(v, ",")
+			if name = strings.TrimSpace(name); name != "" && !yield(name) {
+				return
+			}
+		}
+	}
+}
+
+// exportTrailers copies the handler's trailers to the real header map
+// once it has returned, which is when net/http reads them: the fields
+// declared in the (exported) Trailer header and the http.TrailerPrefix
+// keys. Set-Cookie is never among them.
+func (w *sessionWriter) exportTrailers() {
+	if !w.wroteHeader || w.failed || w.hijacked {
+		return
+	}
+	dst := w.w.Header()
+	for k, v := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) && !isSetCookieKey(k) {
+			dst[k] = v
+		}
+	}
+	for _, line := range dst["Trailer"] {
+		for name := range trailerNames(line) {
+			if name = http.CanonicalHeaderKey(name); isSetCookieKey(name) {
+				continue
+			}
+			if v, ok := w.header[name]; ok {
+				dst[name] = v
+			} else {
+				delete(dst, name)
+			}
+		}
+	}
+}
+
+// scrub removes anything that could set a cookie from the real header
+// map, for a response that an outer middleware finishes after a panic.
+// The handler's fields never reached that map unless exported, which
+// leaves Set-Cookie out; this covers fields that outer middleware set
+// before the panic too.
+func (w *sessionWriter) scrub() {
+	h := w.w.Header()
+	for k := range h {
+		if isSetCookieKey(k) {
+			delete(h, k)
+		}
+	}
+	for k, v := range h {
+		if len(k) == len("Trailer") && strings.EqualFold(k, "Trailer") {
+			if v = withoutSetCookieTrailer(v); len(v) == 0 {
+				delete(h, k)
+			} else {
+				h[k] = v
+			}
+		}
+	}
 }
 
 // fail answers 503 in place of the handler's response, dropping every
@@ -177,6 +430,7 @@ func (w *sessionWriter) fail(err error) {
 	w.h.c.log.LogAttrs(w.r.Context(), slog.LevelError, "session store failed; answering 503",
 		slog.String("error", err.Error()))
 	w.wroteHeader, w.failed = true, true
+	w.status = http.StatusServiceUnavailable
 	h := w.w.Header()
 	clear(h)
 	h.Set("Retry-After", "1")
@@ -196,6 +450,9 @@ func (w *sessionWriter) recordMetric(code int) {
 // FlushError implements the interface that http.ResponseController uses,
 // so that a flush cannot send the header before the cookies are captured.
 func (w *sessionWriter) FlushError() error {
+	if w.hijacked {
+		return http.ErrHijacked
+	}
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -208,17 +465,269 @@ func (w *sessionWriter) FlushError() error {
 // Flush implements http.Flusher.
 func (w *sessionWriter) Flush() { _ = w.FlushError() }
 
-// Hijack implements http.Hijacker. A hijacked connection's bytes are the
-// handler's own business.
+// Hijack implements http.Hijacker. The handler writes the response head
+// itself on a hijacked connection (httputil.ReverseProxy does for a 101
+// Switching Protocols), so the returned connection parses it and edits
+// it as WriteHeader would edit the header map; see hijackedConn. Once the
+// head is out, the connection's bytes are the handler's own business.
+//
+// A connection on which a final response header went out through
+// WriteHeader is handed over as it is if the protocol was switched (101,
+// or a tunnel for CONNECT), and refused otherwise.
 func (w *sessionWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.failed {
+		return nil, nil, errStoreFailed
+	}
+	switched := w.wroteHeader &&
+		(w.status == http.StatusSwitchingProtocols || w.r.Method == http.MethodConnect && w.status/100 == 2)
+	if w.wroteHeader && !switched {
+		return nil, nil, errHijackAfterHeader
+	}
 	conn, rw, err := http.NewResponseController(w.w).Hijack()
 	if err != nil {
 		return nil, nil, fmt.Errorf("sessions: hijack: %w", err)
 	}
 	w.hijacked = true
-	return conn, rw, nil
+	if switched {
+		return conn, rw, nil
+	}
+	hc := &hijackedConn{Conn: conn, w: w}
+	// The handler's buffered writes must go through hc too: a new
+	// bufio.Writer over it, the client's unread bytes kept.
+	return hc, bufio.NewReadWriter(rw.Reader, bufio.NewWriter(hc)), nil
 }
 
 // Unwrap gives http.ResponseController access to the other features of
 // the underlying writer (deadlines, full duplex).
 func (w *sessionWriter) Unwrap() http.ResponseWriter { return w.w }
+
+// maxHijackedHead bounds the response head buffered on a hijacked
+// connection, as net/http bounds a request's (http.DefaultMaxHeaderBytes
+// is 1 MiB; response heads are far smaller).
+const maxHijackedHead = 64 << 10
+
+var errHijackedHead = errors.New("sessions: hijacked connection closed: the response head was refused")
+
+// hijackedConn is a hijacked connection whose writes pass through a
+// response-head filter until the protocol is switched. Each HTTP/1.x
+// response head the handler writes is buffered whole, parsed strictly and
+// rewritten: Set-Cookie lines are captured into the session (for a 101 or
+// a final response) or dropped (for other 1xx), and the session cookie
+// and Cache-Control edit added. A head that is malformed, too large, or
+// would leave HTTP framing the filter cannot follow (chunked encoding, an
+// upgrade to HTTP/2) closes the connection instead: fail closed. After a
+// 101, a CONNECT tunnel's 2xx, or a final response (sent with Connection:
+// close), bytes pass through untouched.
+type hijackedConn struct {
+	net.Conn
+	w *sessionWriter
+
+	// raw is set, after the last head is written, once bytes pass
+	// through; it spares them the lock.
+	raw    atomic.Bool
+	mu     sync.Mutex // serialises the filter, and Capture on w.x
+	head   []byte     // an incomplete head
+	scan   int        // where the next unread line of head starts
+	broken bool
+}
+
+func (c *hijackedConn) Write(p []byte) (int, error) {
+	if c.raw.Load() {
+		return c.Conn.Write(p)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.raw.Load() {
+		return c.Conn.Write(p)
+	}
+	if c.broken {
+		return 0, errHijackedHead
+	}
+	c.head = append(c.head, p...)
+	for {
+		end := c.headLength()
+		if end < 0 {
+			if len(c.head) > maxHijackedHead {
+				return 0, c.refuse("response head too large")
+			}
+			return len(p), nil
+		}
+		if end > maxHijackedHead {
+			return 0, c.refuse("response head too large")
+		}
+		out, last, reason := c.editHead(c.head[:end])
+		if reason != "" {
+			return 0, c.refuse(reason)
+		}
+		if _, err := c.Conn.Write(out); err != nil {
+			return 0, err
+		}
+		n := copy(c.head, c.head[end:])
+		c.head, c.scan = c.head[:n], 0
+		if last {
+			if n > 0 {
+				if _, err := c.Conn.Write(c.head); err != nil {
+					return 0, err
+				}
+			}
+			c.head = nil
+			c.raw.Store(true)
+			return len(p), nil
+		}
+	}
+}
+
+// refuse closes the connection: a head it cannot vouch for is not sent.
+func (c *hijackedConn) refuse(reason string) error {
+	c.broken, c.head = true, nil
+	c.w.h.c.log.LogAttrs(c.w.r.Context(), slog.LevelWarn, "closed a hijacked connection instead of sending its response head",
+		slog.String("reason", reason))
+	c.Conn.Close()
+	return errHijackedHead
+}
+
+// headLength returns the length of the response head at the start of
+// c.head, up to and including the empty line that ends it, or -1 if there
+// is no complete head yet. Lines end in LF, with or without CR, as
+// clients accept. Lines already scanned are not scanned again.
+func (c *hijackedConn) headLength() int {
+	for {
+		j := bytes.IndexByte(c.head[c.scan:], '\n')
+		if j < 0 {
+			return -1
+		}
+		line := c.head[c.scan : c.scan+j]
+		c.scan += j + 1
+		if len(line) == 0 || len(line) == 1 && line[0] == '\r' {
+			return c.scan
+		}
+	}
+}
+
+// editHead parses and rewrites one response head (see hijackedConn). It
+// returns the head to send and whether the bytes after it pass through,
+// or the reason to refuse it. Reasons name no header values.
+func (c *hijackedConn) editHead(head []byte) (out []byte, last bool, reason string) {
+	lines := bytes.Split(head, []byte("\n"))
+	lines = lines[:len(lines)-2] // the empty line and what follows its LF
+	for i, line := range lines {
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		for _, b := range line {
+			// A bare CR ends a line for some clients: a field hidden
+			// behind one would escape the filter.
+			if b < 0x20 && b != '\t' || b == 0x7f {
+				return nil, false, "control character in response head"
+			}
+		}
+		lines[i] = line
+	}
+	if len(lines) == 0 {
+		return nil, false, "empty response head"
+	}
+	code, ok := parseStatusLine(lines[0])
+	if !ok {
+		return nil, false, "malformed status line"
+	}
+	informational := code < 200 && code != http.StatusSwitchingProtocols
+	var resp Response
+	var kept [][]byte
+	var upgrade, transferEncoding bool
+	for _, line := range lines[1:] {
+		if line[0] == ' ' || line[0] == '\t' {
+			return nil, false, "obsolete line folding in response head"
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !isToken(string(line[:colon])) {
+			return nil, false, "malformed header line"
+		}
+		name := string(line[:colon])
+		value := trimWSP(string(line[colon+1:]))
+		switch {
+		case strings.EqualFold(name, "Set-Cookie"):
+			resp.SetCookie = append(resp.SetCookie, value)
+			continue
+		case strings.EqualFold(name, "Clear-Site-Data"):
+			resp.ClearSiteData = append(resp.ClearSiteData, value)
+		case strings.EqualFold(name, "Cache-Control"):
+			resp.CacheControl = append(resp.CacheControl, value)
+		case strings.EqualFold(name, "Transfer-Encoding"):
+			transferEncoding = true
+		case strings.EqualFold(name, "Upgrade"):
+			upgrade = true
+			for proto := range trailerNames(value) {
+				name, _, _ := strings.Cut(proto, "/")
+				if name = strings.TrimSpace(name); strings.EqualFold(name, "h2c") || hasPrefixFold(name, "HTTP") {
+					// HTTP/2 would carry Set-Cookie in frames the
+					// filter cannot read.
+					return nil, false, "upgrade to HTTP"
+				}
+			}
+		}
+		kept = append(kept, line)
+	}
+	tunnel := code/100 == 2 && c.w.r.Method == http.MethodConnect
+	closeConn := false
+	var edit ResponseEdit
+	switch {
+	case informational:
+		if len(resp.SetCookie) > 0 {
+			c.w.h.c.log.LogAttrs(c.w.r.Context(), slog.LevelInfo, "withheld backend Set-Cookie from an informational response",
+				slog.Int("status", code), slog.Int("count", len(resp.SetCookie)))
+		}
+	case code == http.StatusSwitchingProtocols && !upgrade:
+		return nil, false, "101 without Upgrade"
+	case code != http.StatusSwitchingProtocols && !tunnel && transferEncoding:
+		// The body's chunked framing could end in trailers.
+		return nil, false, "Transfer-Encoding on a hijacked connection"
+	default:
+		// What follows a final response is not parsed: the client must
+		// not read a second response from the connection.
+		closeConn = code != http.StatusSwitchingProtocols && !tunnel
+		var err error
+		if edit, err = c.w.h.c.Capture(c.w.r.Context(), &c.w.x, &resp); err != nil {
+			c.w.h.c.log.LogAttrs(c.w.r.Context(), slog.LevelError, "session store failed on a hijacked connection",
+				slog.String("error", err.Error()))
+			return nil, false, "session store failed"
+		}
+	}
+
+	out = make([]byte, 0, len(head)+128)
+	out = append(append(out, lines[0]...), "\r\n"...)
+	for _, line := range kept {
+		name, _, _ := bytes.Cut(line, []byte(":"))
+		if edit.CacheControl != "" && bytes.EqualFold(name, []byte("Cache-Control")) ||
+			closeConn && bytes.EqualFold(name, []byte("Connection")) {
+			continue
+		}
+		out = append(append(out, line...), "\r\n"...)
+	}
+	for _, v := range edit.SetCookie {
+		out = append(append(append(out, "Set-Cookie: "...), v...), "\r\n"...)
+	}
+	if edit.CacheControl != "" {
+		out = append(append(append(out, "Cache-Control: "...), edit.CacheControl...), "\r\n"...)
+	}
+	if closeConn {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	return append(out, "\r\n"...), !informational, ""
+}
+
+// parseStatusLine parses "HTTP/1.x NNN[ reason]" strictly.
+func parseStatusLine(line []byte) (int, bool) {
+	rest, ok := bytes.CutPrefix(line, []byte("HTTP/1."))
+	if !ok || len(rest) < 5 || rest[0] != '0' && rest[0] != '1' || rest[1] != ' ' {
+		return 0, false
+	}
+	digits := rest[2:5]
+	if len(rest) > 5 && rest[5] != ' ' {
+		return 0, false
+	}
+	for _, d := range digits {
+		if !isDigit(d) {
+			return 0, false
+		}
+	}
+	code, _ := strconv.Atoi(string(digits))
+	return code, code >= 100
+}
