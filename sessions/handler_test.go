@@ -281,15 +281,18 @@ func TestHandlerForwardsRewrittenCookieHeader(t *testing.T) {
 	}
 }
 
+// TestHandlerUsesForwardedProto: with an insecure session cookie the
+// request's scheme decides, and TrustForwardedProto takes it from the
+// proxy in front.
 func TestHandlerUsesForwardedProto(t *testing.T) {
-	c := newTestCache(t, Config{TrustForwardedProto: true})
+	c := newTestCache(t, Config{InsecureCookie: true, TrustForwardedProto: true})
 	r := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
 	r.Header.Set("X-Forwarded-Proto", "https")
 	w := httptest.NewRecorder()
 	c.SessionHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Set-Cookie", "s=1; Secure")
 	}), nil).ServeHTTP(w, r)
-	if got := w.Result().Cookies(); len(got) != 1 || got[0].Name != DefaultCookieName {
+	if got := w.Result().Cookies(); len(got) != 1 || got[0].Name != DefaultInsecureCookieName {
 		t.Errorf("Secure cookie behind a TLS-terminating proxy: browser got %v", got)
 	}
 	if c.Stats().CookiesStored != 1 {
