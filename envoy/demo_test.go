@@ -3,21 +3,16 @@ package envoy_test
 import (
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
-	"time"
-
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/proxysession/proxysession/internal/config"
 	"github.com/proxysession/proxysession/internal/demo"
 	"github.com/proxysession/proxysession/processor"
 	"github.com/proxysession/proxysession/processor/envoytest"
+	"github.com/proxysession/proxysession/processor/extproctest"
 	"github.com/proxysession/proxysession/sessions"
 )
 
@@ -35,21 +30,9 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(gs, processor.New(cache, processor.Options{Logger: cfg.Sessions.Logger}))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(lis)
-	defer gs.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	backend := demo.New(lookupOr(p.Services["demo"].Environment, "DEMO_PROXY_COOKIE", ""))
-	filter := &envoytest.Filter{Client: extprocv3.NewExternalProcessorClient(conn), Backend: backend, MessageTimeout: 5 * time.Second}
+	srv := extproctest.NewServer(cache, processor.Options{Logger: cfg.Sessions.Logger})
+	defer srv.Close()
+	filter := srv.Filter(demo.New(lookupOr(p.Services["demo"].Environment, "DEMO_PROXY_COOKIE", "")))
 	browser := envoytest.NewBrowser(filter)
 	// Browsers treat http://localhost as secure; Go's cookie jar only
 	// sends Secure cookies over https, so the test browser uses https.

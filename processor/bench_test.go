@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"testing"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/proxysession/proxysession/processor/envoytest"
@@ -16,8 +15,8 @@ import (
 // BenchmarkHandle measures the processor's own work for one HTTP request,
 // without gRPC: handling the request headers and the response headers
 // messages of a session with three cookies, with a Set-Cookie on every
-// 4th response. (cmd/extproc-bench measures the whole exchange over gRPC
-// against a no-op server.)
+// 4th response. (internal/cmd/extproc-bench measures the whole exchange
+// over gRPC against a no-op server.)
 func BenchmarkHandle(b *testing.B) {
 	cache, err := sessions.New(sessions.Config{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -29,12 +28,12 @@ func BenchmarkHandle(b *testing.B) {
 	reqs := make([]*extprocv3.ProcessingRequest, n)
 	for i := range reqs {
 		var st streamState
-		srv.handle(ctx, &st, benchRequest("theme=dark"))
+		srv.handle(ctx, &st, envoytest.RealisticRequest("theme=dark"))
 		resp := srv.handle(ctx, &st, envoytest.ResponseHeaders(":status", "200",
 			"set-cookie", fmt.Sprintf("sid=%035d; Path=/", i), "set-cookie", fmt.Sprintf("user=%035d", i), "set-cookie", fmt.Sprintf("prefs=%035d", i)))
 		sc := resp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders()[0].GetHeader().GetRawValue()
 		pair := string(sc[:len(sessions.DefaultCookieName)+1+43])
-		reqs[i] = benchRequest(pair + "; theme=dark")
+		reqs[i] = envoytest.RealisticRequest(pair + "; theme=dark")
 	}
 	plain := envoytest.ResponseHeaders(":status", "200", "content-type", "text/html", "content-length", "1234", "cache-control", "no-cache",
 		"date", "Wed, 25 Nov 2026 12:00:00 GMT", "etag", `W/"1"`, "vary", "Accept-Encoding", "x-envoy-upstream-service-time", "3")
@@ -53,16 +52,4 @@ func BenchmarkHandle(b *testing.B) {
 		srv.handle(ctx, &st, resp)
 		i++
 	}
-}
-
-func benchRequest(cookie string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-		EndOfStream: true,
-		Headers: envoytest.HeaderMap(":authority", "app.example.com", ":path", "/app/dashboard?tab=overview", ":method", "GET", ":scheme", "https",
-			"user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-			"accept", "text/html,application/xhtml+xml", "accept-language", "en-US,en;q=0.9", "accept-encoding", "gzip, deflate, br",
-			"referer", "https://app.example.com/app/", "sec-fetch-site", "same-origin", "sec-fetch-mode", "navigate",
-			"sec-fetch-dest", "document", "sec-ch-ua", `"Chromium";v="131"`, "cookie", cookie,
-			"x-forwarded-proto", "https", "x-request-id", "0b0c2a55-8d8f-4a7e-9d6f-6f3c7c1b9e21"),
-	}}, MetadataContext: &corev3.Metadata{}}
 }

@@ -1,4 +1,4 @@
-package processor
+package processor_test
 
 import (
 	"net/http"
@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/proxysession/proxysession/processor/envoytest"
+	"github.com/proxysession/proxysession/processor/extproctest"
 	"github.com/proxysession/proxysession/sessions"
 )
 
@@ -72,8 +73,8 @@ func TestHiddenHeadersFailClosed(t *testing.T) {
 	t.Run("every response reply removes set-cookie", func(t *testing.T) {
 		h := newHarness(t, testConfig, demoBackend())
 		stream := openStream(t, h)
-		envoytest.Send(t, stream, envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":method", "GET", ":scheme", "https"))
-		resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200"))
+		extproctest.Send(t, stream, envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":method", "GET", ":scheme", "https"))
+		resp := extproctest.Send(t, stream, envoytest.ResponseHeaders(":status", "200"))
 		if m := resp.GetResponseHeaders().GetResponse().GetHeaderMutation(); !slices.Equal(m.GetRemoveHeaders(), []string{"set-cookie"}) {
 			t.Errorf("mutation %v, want set-cookie removed", m)
 		}

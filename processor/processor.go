@@ -411,6 +411,7 @@ func (s *Server) unavailable(ctx context.Context, p phase, start time.Time, err 
 func header(key, value string, appendValue bool) *corev3.HeaderValueOption {
 	opt := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, RawValue: readOnlyBytes(value)}}
 	if appendValue {
+		//lint:ignore SA1019 Envoy ignores append_action (envoyproxy/envoy#36982); append is the only way to add a second Set-Cookie
 		opt.Append = wrapperspb.Bool(true)
 	}
 	return opt

@@ -1,4 +1,4 @@
-package processor
+package processor_test
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -20,10 +19,10 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/proxysession/proxysession/processor"
 	"github.com/proxysession/proxysession/processor/envoytest"
+	"github.com/proxysession/proxysession/processor/extproctest"
 	"github.com/proxysession/proxysession/sessions"
 )
 
@@ -31,7 +30,7 @@ import (
 // loopback, with an Envoy stand-in in front of a backend handler.
 type harness struct {
 	cache   *sessions.Cache
-	metrics *Metrics
+	metrics *processor.Metrics
 	client  extprocv3.ExternalProcessorClient
 	filter  *envoytest.Filter
 }
@@ -48,29 +47,16 @@ func newHarness(t testing.TB, cfg sessions.Config, backend http.Handler) *harnes
 	return newHarnessWithEngine(t, cache, cache, backend)
 }
 
-func newHarnessWithEngine(t testing.TB, cache *sessions.Cache, engine Engine, backend http.Handler) *harness {
+func newHarnessWithEngine(t testing.TB, cache *sessions.Cache, engine processor.Engine, backend http.Handler) *harness {
 	t.Helper()
-	metrics := NewMetrics()
-	srv := New(engine, Options{Logger: slog.New(slog.DiscardHandler), Metrics: metrics})
-	gs := grpc.NewServer(grpc.ForceServerCodecV2(Codec()))
-	extprocv3.RegisterExternalProcessorServer(gs, srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	client := extprocv3.NewExternalProcessorClient(conn)
+	metrics := processor.NewMetrics()
+	srv := extproctest.NewServer(engine, processor.Options{Logger: slog.New(slog.DiscardHandler), Metrics: metrics})
+	t.Cleanup(srv.Close)
 	return &harness{
 		cache:   cache,
 		metrics: metrics,
-		client:  client,
-		filter:  &envoytest.Filter{Client: client, Backend: backend, MessageTimeout: 5 * time.Second},
+		client:  srv.Client,
+		filter:  srv.Filter(backend),
 	}
 }
 
@@ -321,6 +307,7 @@ func TestRepliesUseRawValueOnly(t *testing.T) {
 					}
 					if o.GetHeader().GetKey() == "set-cookie" {
 						setCookies++
+						//lint:ignore SA1019 Envoy ignores append_action (envoyproxy/envoy#36982); append is what it reads
 						if !o.GetAppend().GetValue() {
 							t.Error("set-cookie entry without append: true")
 						}
@@ -364,7 +351,7 @@ func TestEveryMessageGetsItsReplyType(t *testing.T) {
 		{&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: &extprocv3.HttpTrailers{}}}, "response_trailers"},
 	}
 	for _, m := range msgs {
-		resp := envoytest.Send(t, stream, m.req)
+		resp := extproctest.Send(t, stream, m.req)
 		got := resp.ProtoReflect().WhichOneof(resp.ProtoReflect().Descriptor().Oneofs().ByName("response"))
 		if got == nil || string(got.Name()) != m.want {
 			t.Errorf("reply to %s is %v", m.want, got)
@@ -404,7 +391,7 @@ func TestToleratesBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			stream := openStream(t, h)
-			resp := envoytest.Send(t, stream, envoytest.RequestHeaders(tt.headers...))
+			resp := extproctest.Send(t, stream, envoytest.RequestHeaders(tt.headers...))
 			rh, ok := resp.Response.(*extprocv3.ProcessingResponse_RequestHeaders)
 			if !ok {
 				t.Fatalf("reply %T", resp.Response)
@@ -412,16 +399,16 @@ func TestToleratesBadInput(t *testing.T) {
 			if tt.check != nil {
 				tt.check(t, rh.RequestHeaders.GetResponse().GetHeaderMutation())
 			}
-			resp = envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "a=\x80\xff; Path=/", "set-cookie", "\x01bad"))
+			resp = extproctest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "a=\x80\xff; Path=/", "set-cookie", "\x01bad"))
 			if _, ok := resp.Response.(*extprocv3.ProcessingResponse_ResponseHeaders); !ok {
 				t.Fatalf("reply %T", resp.Response)
 			}
 		})
 	}
-	if got := testutil.ToFloat64(h.metrics.badInput.WithLabelValues("missing_authority")); got != 1 {
+	if got := testutil.ToFloat64(h.metrics.BadInput("missing_authority")); got != 1 {
 		t.Errorf("missing_authority counted %v times", got)
 	}
-	if got := testutil.ToFloat64(h.metrics.badInput.WithLabelValues("oversized_cookie")); got != 1 {
+	if got := testutil.ToFloat64(h.metrics.BadInput("oversized_cookie")); got != 1 {
 		t.Errorf("oversized_cookie counted %v times", got)
 	}
 }
@@ -431,13 +418,13 @@ func TestToleratesBadInput(t *testing.T) {
 func TestResponseWithoutRequest(t *testing.T) {
 	h := newHarness(t, testConfig, demoBackend())
 	stream := openStream(t, h)
-	resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
+	resp := extproctest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
 	m := resp.GetResponseHeaders().GetResponse().GetHeaderMutation()
 	if !slices.Equal(m.GetRemoveHeaders(), []string{"set-cookie"}) || len(m.GetSetHeaders()) != 1 ||
 		m.GetSetHeaders()[0].GetHeader().GetKey() != "cache-control" || string(m.GetSetHeaders()[0].GetHeader().GetRawValue()) != "private" {
 		t.Errorf("mutation %v, want backend cookie removed and the response private", m)
 	}
-	if got := testutil.ToFloat64(h.metrics.badInput.WithLabelValues("response_without_request")); got != 1 {
+	if got := testutil.ToFloat64(h.metrics.BadInput("response_without_request")); got != 1 {
 		t.Errorf("counted %v", got)
 	}
 }
@@ -484,8 +471,8 @@ func TestObservabilityModeIsReported(t *testing.T) {
 	if resp, err := stream.Recv(); err != io.EOF {
 		t.Fatalf("Recv = %v, %v; want EOF", resp, err)
 	}
-	for _, p := range []phase{phaseRequestHeaders, phaseResponseHeaders} {
-		if got := testutil.ToFloat64(h.metrics.message(p, outcomeIgnored)); got != 1 {
+	for _, p := range []processor.Phase{processor.PhaseRequestHeaders, processor.PhaseResponseHeaders} {
+		if got := testutil.ToFloat64(h.metrics.Message(p, processor.OutcomeIgnored)); got != 1 {
 			t.Errorf("ignored %s counted %v times", p, got)
 		}
 	}
@@ -517,14 +504,14 @@ func TestStoreFailureFailsClosed(t *testing.T) {
 		len(resp.Header.Values("Set-Cookie")) != 0 || !strings.Contains(body, "session store unavailable") {
 		t.Errorf("called=%v status=%d headers=%v body=%q", called, resp.StatusCode, resp.Header, body)
 	}
-	if got := testutil.ToFloat64(h.metrics.message(phaseRequestHeaders, outcomeUnavailable)); got != 1 {
+	if got := testutil.ToFloat64(h.metrics.Message(processor.PhaseRequestHeaders, processor.OutcomeUnavailable)); got != 1 {
 		t.Errorf("unavailable counted %v", got)
 	}
 }
 
 func TestMetricsRegister(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	if err := NewMetrics().Register(reg); err != nil {
+	if err := processor.NewMetrics().Register(reg); err != nil {
 		t.Fatal(err)
 	}
 	families, err := reg.Gather()

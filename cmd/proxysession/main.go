@@ -18,7 +18,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, hooks{}); err != nil {
 		fmt.Fprintf(os.Stderr, "proxysession: %v\n", err)
 		if _, ok := errors.AsType[*usageError](err); ok {
 			os.Exit(2)

@@ -16,14 +16,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/proxysession/proxysession/internal/config"
@@ -44,16 +42,18 @@ func (e *usageError) Error() string {
 
 func (e *usageError) Unwrap() error { return e.err }
 
-// Test hooks, carried in the context: told the bound addresses, and told
-// when draining starts.
-type (
-	listenHookKey struct{}
-	drainHookKey  struct{}
-)
+// hooks let tests follow a running instance; main passes none. A nil
+// hook is not called.
+type hooks struct {
+	// listening is told the bound addresses, before serving starts.
+	listening func(grpcAddr, adminAddr net.Addr)
+	// draining is told when draining starts.
+	draining func()
+}
 
 // run is the whole program: it parses args (and PROXYSESSION_*
 // variables), serves until ctx is done, then shuts down gracefully.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, h hooks) error {
 	healthcheck := len(args) > 0 && args[0] == "healthcheck"
 	if healthcheck {
 		args = args[1:]
@@ -71,7 +71,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if healthcheck {
 		return probe(ctx, cfg.AdminAddr)
 	}
-	return serve(ctx, cfg, stderr)
+	return serve(ctx, cfg, stderr, h)
 }
 
 // probe is `proxysession healthcheck`: it asks the admin listener of a
@@ -111,123 +111,213 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func serve(ctx context.Context, cfg *config.Config, logOut io.Writer) error {
+// serve runs proxysession with cfg until ctx is done, then shuts down
+// gracefully; logs go to logOut.
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, h hooks) error {
 	log := newLogger(cfg, logOut)
 	cfg.Sessions.Logger = log
-	store, closeStore, err := newStore(ctx, cfg, log)
+	cache, closeStore, err := newCache(ctx, cfg, log)
 	if err != nil {
-		return &usageError{err}
+		return err
 	}
 	defer closeStore()
+	reg, metrics, err := newRegistry(cache)
+	if err != nil {
+		return err
+	}
+	grpcSrv, err := newGRPCServer(cfg, processor.New(cache, processor.Options{Logger: log, Metrics: metrics}), log)
+	if err != nil {
+		return err
+	}
+	var draining atomic.Bool
+	admin := &adminServer{srv: &http.Server{Handler: adminHandler(cache, reg, &draining), ReadHeaderTimeout: 5 * time.Second}, log: log}
+	if err := listenAll(cfg, grpcSrv, admin); err != nil {
+		return err
+	}
+	if h.listening != nil {
+		h.listening(grpcSrv.lis.Addr(), admin.lis.Addr())
+	}
+	log.Info("proxysession serving",
+		slog.String("grpc", grpcSrv.lis.Addr().String()), slog.String("admin", admin.lis.Addr().String()),
+		slog.Bool("tls", cfg.TLSCert != ""), slog.Bool("mtls", cfg.TLSClientCA != ""),
+		slog.String("store", cfg.Store), slog.String("cookie", cache.CookieName()))
+
+	// Drain: report not ready and not serving, so that Envoy's health
+	// checks and Kubernetes stop sending streams, and keep accepting
+	// them for the drain delay; then the servers stop, the gRPC server
+	// letting the streams in flight finish. The admin server stops
+	// last: /readyz answers "draining" until the gRPC server is done.
+	err = runServers(ctx, func(failed bool) {
+		draining.Store(true)
+		grpcSrv.health.Shutdown()
+		log.Info("shutting down", slog.Duration("drain_delay", cfg.DrainDelay), slog.Duration("grace", cfg.ShutdownGrace))
+		if h.draining != nil {
+			h.draining()
+		}
+		if cfg.DrainDelay > 0 && !failed {
+			time.Sleep(cfg.DrainDelay)
+		}
+	}, grpcSrv, admin)
+	if err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// newCache returns the session engine on the configured store, and the
+// function that closes the store.
+func newCache(ctx context.Context, cfg *config.Config, log *slog.Logger) (*sessions.Cache, func(), error) {
+	store, closeStore, err := newStore(ctx, cfg, log)
+	if err != nil {
+		return nil, nil, &usageError{err}
+	}
 	if store != nil {
 		cfg.Sessions.Store = store
 	}
 	cache, err := sessions.New(cfg.Sessions)
 	if err != nil {
-		return &usageError{err}
+		closeStore()
+		return nil, nil, &usageError{err}
 	}
+	return cache, closeStore, nil
+}
 
+// newRegistry returns the registry /metrics serves, with the Go runtime's,
+// the process's, the engine's and the processor's metrics.
+func newRegistry(cache *sessions.Cache) (*prometheus.Registry, *processor.Metrics, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newSessionsCollector(cache))
 	metrics := processor.NewMetrics()
 	if err := metrics.Register(reg); err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
+		return nil, nil, fmt.Errorf("registering metrics: %w", err)
 	}
+	return reg, metrics, nil
+}
 
-	// Envoy may send HTTP/2 keepalive pings (connection_keepalive); grpc-go
-	// would answer pings more often than every 5 minutes with GOAWAY.
-	opts := []grpc.ServerOption{
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ForceServerCodecV2(processor.Codec()),
-	}
-	if cfg.TLSCert != "" {
-		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, log)
-		if err != nil {
-			return &usageError{err}
-		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(certs.serverConfig())))
-	}
-	grpcServer := grpc.NewServer(opts...)
-	extprocv3.RegisterExternalProcessorServer(grpcServer, processor.New(cache, processor.Options{
-		Logger: log, Metrics: metrics,
-	}))
-	healthServer := health.NewServer()
-	healthpb.RegisterHealthServer(grpcServer, healthServer)
-	healthServer.SetServingStatus(processor.ServiceName, healthpb.HealthCheckResponse_SERVING)
+// A server is one of the servers serve runs together (see runServers).
+type server interface {
+	// serve serves until stop is called; then it returns nil.
+	serve() error
+	// stop stops the server gracefully, within the server's own time
+	// limit.
+	stop()
+}
 
-	grpcListener, err := listen(cfg.GRPCAddr)
-	if err != nil {
-		return err
+// runServers serves every server until ctx is done or one of them fails,
+// then calls drain (told whether a server failed) and stops the servers
+// one after the other, in order: a server listed later keeps serving
+// while those before it stop. It returns the first failure.
+func runServers(ctx context.Context, drain func(failed bool), servers ...server) error {
+	errs := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() {
+			if err := s.serve(); err != nil {
+				errs <- err
+			}
+		}()
 	}
-	adminListener, err := net.Listen("tcp", cfg.AdminAddr)
-	if err != nil {
-		grpcListener.Close()
-		return fmt.Errorf("admin listener: %w", err)
-	}
-	var draining atomic.Bool
-	admin := &http.Server{Handler: adminHandler(cache, reg, &draining), ReadHeaderTimeout: 5 * time.Second}
-	if hook, ok := ctx.Value(listenHookKey{}).(func(grpcAddr, adminAddr net.Addr)); ok {
-		hook(grpcListener.Addr(), adminListener.Addr())
-	}
-
-	errs := make(chan error, 2)
-	go func() {
-		if err := grpcServer.Serve(grpcListener); err != nil {
-			errs <- fmt.Errorf("gRPC server: %w", err)
-		}
-	}()
-	go func() {
-		if err := admin.Serve(adminListener); !errors.Is(err, http.ErrServerClosed) {
-			errs <- fmt.Errorf("admin server: %w", err)
-		}
-	}()
-	log.Info("proxysession serving",
-		slog.String("grpc", grpcListener.Addr().String()), slog.String("admin", adminListener.Addr().String()),
-		slog.Bool("tls", cfg.TLSCert != ""), slog.Bool("mtls", cfg.TLSClientCA != ""),
-		slog.String("store", cfg.Store), slog.String("cookie", cache.CookieName()))
-
 	var serveErr error
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errs:
 	}
+	drain(serveErr != nil)
+	for _, s := range servers {
+		s.stop()
+	}
+	return serveErr
+}
 
-	// Drain: report not ready and not serving, so that Envoy's health
-	// checks and Kubernetes stop sending streams, let the streams in
-	// flight finish, then stop.
-	draining.Store(true)
-	healthServer.Shutdown()
-	log.Info("shutting down", slog.Duration("drain_delay", cfg.DrainDelay), slog.Duration("grace", cfg.ShutdownGrace))
-	if hook, ok := ctx.Value(drainHookKey{}).(func()); ok {
-		hook()
+// listenAll opens the listeners of the gRPC and admin servers, or
+// neither.
+func listenAll(cfg *config.Config, g *grpcServer, a *adminServer) error {
+	var err error
+	if g.lis, err = listen(cfg.GRPCAddr); err != nil {
+		return err
 	}
-	if cfg.DrainDelay > 0 && serveErr == nil {
-		time.Sleep(cfg.DrainDelay)
+	if a.lis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		g.lis.Close()
+		return fmt.Errorf("admin listener: %w", err)
 	}
+	return nil
+}
+
+// grpcServer serves ext_proc and the gRPC health service.
+type grpcServer struct {
+	srv    *grpc.Server
+	health *health.Server
+	lis    net.Listener
+	grace  time.Duration // how long stop lets streams in flight run
+	log    *slog.Logger
+}
+
+// newGRPCServer returns the gRPC server of proc, over TLS when cfg has a
+// certificate.
+func newGRPCServer(cfg *config.Config, proc *processor.Server, log *slog.Logger) (*grpcServer, error) {
+	// Envoy may send HTTP/2 keepalive pings (connection_keepalive); grpc-go
+	// would answer pings more often than every 5 minutes with GOAWAY.
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	if cfg.TLSCert != "" {
+		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, log)
+		if err != nil {
+			return nil, &usageError{err}
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(certs.serverConfig())))
+	}
+	srv := grpc.NewServer(processor.ServerOptions(opts...)...)
+	return &grpcServer{srv: srv, health: processor.Register(srv, proc), grace: cfg.ShutdownGrace, log: log}, nil
+}
+
+func (g *grpcServer) serve() error {
+	if err := g.srv.Serve(g.lis); err != nil {
+		return fmt.Errorf("gRPC server: %w", err)
+	}
+	return nil
+}
+
+// stop lets the streams in flight finish for the grace period at most,
+// then closes those that remain.
+func (g *grpcServer) stop() {
 	stopped := make(chan struct{})
 	go func() {
-		grpcServer.GracefulStop()
+		g.srv.GracefulStop()
 		close(stopped)
 	}()
-	timer := time.NewTimer(cfg.ShutdownGrace)
+	timer := time.NewTimer(g.grace)
 	defer timer.Stop()
 	select {
 	case <-stopped:
 	case <-timer.C:
-		log.Warn("shutdown grace period over; closing the remaining streams")
-		grpcServer.Stop()
+		g.log.Warn("shutdown grace period over; closing the remaining streams")
+		g.srv.Stop()
 		<-stopped
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := admin.Shutdown(shutdownCtx); err != nil {
-		log.Warn("admin server shutdown", slog.String("error", err.Error()))
+}
+
+// adminServer serves the admin handler over HTTP.
+type adminServer struct {
+	srv *http.Server
+	lis net.Listener
+	log *slog.Logger
+}
+
+func (a *adminServer) serve() error {
+	if err := a.srv.Serve(a.lis); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin server: %w", err)
 	}
-	if serveErr != nil {
-		return serveErr
-	}
-	log.Info("stopped")
 	return nil
+}
+
+// stop lets the requests in flight finish for 5 seconds at most.
+func (a *adminServer) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(ctx); err != nil {
+		a.log.Warn("admin server shutdown", slog.String("error", err.Error()))
+	}
 }
 
 // listen opens the gRPC listener: TCP, or a Unix socket for unix: addresses

@@ -31,11 +31,12 @@ import (
 
 	"github.com/proxysession/proxysession/internal/redistest"
 	"github.com/proxysession/proxysession/processor/envoytest"
+	"github.com/proxysession/proxysession/processor/extproctest"
 )
 
 func TestRunHelpAndUsageErrors(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"-help"}, &stdout, &stderr); err != nil {
+	if err := run(context.Background(), []string{"-help"}, &stdout, &stderr, hooks{}); err != nil {
 		t.Fatalf("-help: %v", err)
 	}
 	for _, want := range []string{"-grpc-addr", "PROXYSESSION_GRPC_ADDR", "-tls-client-ca", "-shutdown-grace", "-pass-through-cookies"} {
@@ -43,7 +44,7 @@ func TestRunHelpAndUsageErrors(t *testing.T) {
 			t.Errorf("help lacks %q", want)
 		}
 	}
-	err := run(context.Background(), []string{"-idle-timeout", "x", "-max-sessions", "y"}, &stdout, &stderr)
+	err := run(context.Background(), []string{"-idle-timeout", "x", "-max-sessions", "y"}, &stdout, &stderr, hooks{})
 	if _, ok := errors.AsType[*usageError](err); !ok || !strings.Contains(err.Error(), "invalid configuration:\n  ") {
 		t.Errorf("err = %v, want a usage error listing both problems", err)
 	}
@@ -80,16 +81,18 @@ func start(t *testing.T, args ...string) *instance {
 	ready := make(chan [2]string, 1)
 	inst := &instance{draining: make(chan struct{}), done: make(chan error, 1), logs: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
-	ctx = context.WithValue(ctx, listenHookKey{}, func(g, a net.Addr) {
-		ready <- [2]string{g.Network() + "://" + g.String(), a.String()}
-	})
-	ctx = context.WithValue(ctx, drainHookKey{}, func() { close(inst.draining) })
+	h := hooks{
+		listening: func(g, a net.Addr) {
+			ready <- [2]string{g.Network() + "://" + g.String(), a.String()}
+		},
+		draining: func() { close(inst.draining) },
+	}
 	inst.cancel = cancel
 	args = append([]string{"-admin-addr", "127.0.0.1:0", "-log-level", "debug"}, args...)
 	if !strings.Contains(strings.Join(args, " "), "-grpc-addr") {
 		args = append(args, "-grpc-addr", "127.0.0.1:0")
 	}
-	go func() { inst.done <- run(ctx, args, io.Discard, inst.logs) }()
+	go func() { inst.done <- run(ctx, args, io.Discard, inst.logs, h) }()
 	select {
 	case addrs := <-ready:
 		inst.grpcAddr, inst.adminAddr = strings.TrimPrefix(addrs[0], "tcp://"), addrs[1]
@@ -208,13 +211,13 @@ func TestServeEndToEnd(t *testing.T) {
 	if strings.Contains(inst.logs.String(), "sid=42") {
 		t.Error("a cookie value reached the logs")
 	}
-	if err := run(context.Background(), []string{"healthcheck", "-admin-addr", inst.adminAddr}, io.Discard, io.Discard); err != nil {
+	if err := run(context.Background(), []string{"healthcheck", "-admin-addr", inst.adminAddr}, io.Discard, io.Discard, hooks{}); err != nil {
 		t.Errorf("healthcheck of a ready instance: %v", err)
 	}
 	if err := inst.stop(); err != nil {
 		t.Errorf("run returned %v after shutdown", err)
 	}
-	if err := run(context.Background(), []string{"healthcheck", "-admin-addr", inst.adminAddr}, io.Discard, io.Discard); err == nil {
+	if err := run(context.Background(), []string{"healthcheck", "-admin-addr", inst.adminAddr}, io.Discard, io.Discard, hooks{}); err == nil {
 		t.Error("healthcheck of a stopped instance succeeded")
 	}
 }
@@ -250,7 +253,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	envoytest.Send(t, stream, envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":scheme", "https", ":method", "GET"))
+	extproctest.Send(t, stream, envoytest.RequestHeaders(":authority", "app.test", ":path", "/", ":scheme", "https", ":method", "GET"))
 
 	inst.cancel()
 	<-inst.draining
@@ -262,7 +265,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatalf("run returned (%v) with a stream in flight", err)
 	default:
 	}
-	resp := envoytest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
+	resp := extproctest.Send(t, stream, envoytest.ResponseHeaders(":status", "200", "set-cookie", "sid=1"))
 	if set := resp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders(); len(set) == 0 ||
 		!strings.HasPrefix(string(set[0].GetHeader().GetRawValue()), "__Host-proxysession=") {
 		t.Errorf("in-flight stream not served: %v", resp)
@@ -303,7 +306,7 @@ func TestTLSAndMTLS(t *testing.T) {
 		}
 	})
 	t.Run("bad files fail at start", func(t *testing.T) {
-		err := run(context.Background(), []string{"-tls-cert", pki.caCert, "-tls-key", pki.serverKey, "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, io.Discard, io.Discard)
+		err := run(context.Background(), []string{"-tls-cert", pki.caCert, "-tls-key", pki.serverKey, "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, io.Discard, io.Discard, hooks{})
 		if err == nil || !strings.Contains(err.Error(), "tls") {
 			t.Errorf("run = %v", err)
 		}

@@ -18,6 +18,7 @@ func set(key, value string, raw bool, appendValue *bool) *corev3.HeaderValueOpti
 	}
 	o := &corev3.HeaderValueOption{Header: hv}
 	if appendValue != nil {
+		//lint:ignore SA1019 Envoy ignores append_action (envoyproxy/envoy#36982); the tests pin how append is read
 		o.Append = wrapperspb.Bool(*appendValue)
 	}
 	return o

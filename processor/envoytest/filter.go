@@ -33,19 +33,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"golang.org/x/net/publicsuffix"
 )
-
-// Header is one entry of an Envoy header map. Keys are lower case.
-type Header struct {
-	Key   string
-	Value []byte
-}
 
 // Filter is the ext_proc filter. Set Client and Backend; the zero value of
 // the other fields is Envoy's default.
@@ -201,9 +194,6 @@ type exchange struct {
 	closed  bool
 }
 
-// errContinue means: processing is over, let the request pass unchanged.
-var errContinue = errors.New("continue without processing")
-
 type invalidReplyError struct{ err error }
 
 func (e *invalidReplyError) Error() string {
@@ -240,6 +230,16 @@ func (x *exchange) process(msg *extprocv3.ProcessingRequest, p phase, headers *[
 	if f.ObservabilityMode {
 		return nil // Envoy neither waits nor applies anything
 	}
+	resp, err := x.receive()
+	if resp == nil {
+		return err
+	}
+	return x.apply(resp, p, headers)
+}
+
+// receive waits MessageTimeout at most for the reply. Without one it
+// returns what Envoy does instead: nil (continue unprocessed) or an error.
+func (x *exchange) receive() (*extprocv3.ProcessingResponse, error) {
 	type received struct {
 		resp *extprocv3.ProcessingResponse
 		err  error
@@ -254,20 +254,26 @@ func (x *exchange) process(msg *extprocv3.ProcessingRequest, p phase, headers *[
 	case r = <-ch:
 	case <-time.After(x.timeout):
 		x.active = false
-		if f.FailureModeAllow {
-			return nil
+		if x.f.FailureModeAllow {
+			return nil, nil
 		}
-		return &localReply{status: 504, details: "ext_proc_error_per-message_timeout_exceeded"}
+		return nil, &localReply{status: 504, details: "ext_proc_error_per-message_timeout_exceeded"}
 	}
 	if r.err == io.EOF {
 		// The server closed the stream with OK: processing is complete.
 		x.active = false
-		return nil
+		return nil, nil
 	}
 	if r.err != nil {
-		return x.streamFailed(r.err)
+		return nil, x.streamFailed(r.err)
 	}
-	resp := r.resp
+	return r.resp, nil
+}
+
+// apply checks a reply to a message of phase p and applies its mutation
+// to headers.
+func (x *exchange) apply(resp *extprocv3.ProcessingResponse, p phase, headers *[]Header) error {
+	f := x.f
 	if f.Trace != nil {
 		f.Trace(false, resp)
 	}
@@ -344,128 +350,6 @@ func immediate(ir *extprocv3.ImmediateResponse, f *Filter) error {
 		f.count(func(s *Stats) { s.RejectedMutations += rejected })
 	}
 	return &localReply{status: status, details: ir.GetDetails(), headers: headers, body: ir.GetBody()}
-}
-
-// Envoy's default header limits (HCM max_headers_count, max_request_headers_kb).
-const (
-	maxHeaders     = 100
-	maxHeaderBytes = 60 << 10
-)
-
-// ApplyMutation applies a HeaderMutation to an Envoy header map as
-// Envoy's MutationUtils::applyHeaderMutations does with the default
-// mutation rules: all removals first, then the sets in order; a
-// HeaderValue with both value and raw_value, an invalid name or value, or
-// a result over the header limits is an error; value alone yields an
-// empty header (current Envoy reads raw_value only); append_action is
-// ignored and append defaults to false; a disallowed mutation (pseudo
-// headers, host, x-envoy-*) is skipped and counted in rejected.
-func ApplyMutation(headers *[]Header, m *extprocv3.HeaderMutation) (rejected int, err error) {
-	if len(m.GetRemoveHeaders()) > maxHeaders || len(m.GetSetHeaders()) > maxHeaders {
-		return 0, errors.New("too many header mutations")
-	}
-	for _, name := range m.GetRemoveHeaders() {
-		if !validName(name) {
-			return rejected, fmt.Errorf("invalid header name %q to remove", name)
-		}
-		name = strings.ToLower(name)
-		if strings.HasPrefix(name, ":") || name == "host" || strings.HasPrefix(name, "x-envoy-") {
-			rejected++
-			continue
-		}
-		*headers = slices.DeleteFunc(*headers, func(h Header) bool { return h.Key == name })
-	}
-	for _, opt := range m.GetSetHeaders() {
-		hv := opt.GetHeader()
-		if hv == nil {
-			continue
-		}
-		if hv.GetValue() != "" && len(hv.GetRawValue()) > 0 {
-			return rejected, errors.New("only one of value or raw_value in the HeaderValue message should be set")
-		}
-		key := strings.ToLower(hv.GetKey())
-		value := slices.Clone(hv.GetRawValue()) // value alone is ignored: an empty header
-		if !validName(key) {
-			return rejected, fmt.Errorf("invalid header name %q", hv.GetKey())
-		}
-		if !validValue(value) {
-			return rejected, fmt.Errorf("invalid value for header %q", key)
-		}
-		exists := hasHeader(*headers, key)
-		appendValue := opt.GetAppend().GetValue() && exists
-		switch {
-		case key == "host" || key == ":authority" || key == ":method" || key == ":scheme" || strings.HasPrefix(key, "x-envoy-"):
-			rejected++
-			continue
-		case appendValue && strings.HasPrefix(key, ":"):
-			rejected++
-			continue
-		}
-		if appendValue {
-			*headers = append(*headers, Header{key, value})
-			continue
-		}
-		replaced := false
-		kept := (*headers)[:0]
-		for _, h := range *headers {
-			if h.Key != key {
-				kept = append(kept, h)
-			} else if !replaced {
-				kept = append(kept, Header{key, value})
-				replaced = true
-			}
-		}
-		if !replaced {
-			kept = append(kept, Header{key, value})
-		}
-		*headers = kept
-	}
-	size := 0
-	for _, h := range *headers {
-		size += len(h.Key) + len(h.Value)
-	}
-	if len(*headers) > maxHeaders || size > maxHeaderBytes {
-		return rejected, errors.New("header map over the size limits after mutation")
-	}
-	return rejected, nil
-}
-
-// validName implements Envoy's header name check: token characters, and
-// ':' only as the first character.
-func validName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c == ':' && i == 0 {
-			continue
-		}
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// validValue implements Envoy's header value check: HTAB, 0x20-0x7E and
-// obs-text 0x80-0xFF only.
-func validValue(v []byte) bool {
-	for _, c := range v {
-		if c != '\t' && (c < 0x20 || c == 0x7f) {
-			return false
-		}
-	}
-	return true
-}
-
-func hasHeader(headers []Header, key string) bool {
-	for _, h := range headers {
-		if h.Key == key {
-			return true
-		}
-	}
-	return false
 }
 
 // headerMap encodes headers as Envoy sends them, less those the
@@ -584,45 +468,5 @@ func clientResponse(req *http.Request, headers []Header, body []byte) *http.Resp
 		resp.Header.Add(h.Key, string(h.Value))
 	}
 	resp.Status = strconv.Itoa(resp.StatusCode) + " " + http.StatusText(resp.StatusCode)
-	return resp
-}
-
-// HeaderMap returns a header map of key/value pairs, in order, with the
-// values in raw_value as current Envoy sends them.
-func HeaderMap(kv ...string) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(kv)/2)}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return m
-}
-
-// RequestHeaders returns a request_headers message of a request without a
-// body, for tests that speak to an ext_proc server directly.
-func RequestHeaders(kv ...string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: HeaderMap(kv...), EndOfStream: true}}}
-}
-
-// ResponseHeaders returns a response_headers message.
-func ResponseHeaders(kv ...string) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: HeaderMap(kv...)}}}
-}
-
-// Send sends one message on a stream and returns the reply, failing the
-// test if either fails or the reply does not pass its ValidateAll.
-func Send(t testing.TB, stream extprocv3.ExternalProcessor_ProcessClient, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
-	t.Helper()
-	if err := stream.Send(req); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := resp.ValidateAll(); err != nil {
-		t.Fatalf("invalid reply: %v", err)
-	}
 	return resp
 }
