@@ -211,11 +211,15 @@ func (s *Session) removeAt(i int) {
 // enforceLimits removes expired cookies, then evicts the least recently
 // used cookies beyond the per-domain, per-session and byte limits. It
 // returns how many cookies it evicted (expired ones do not count).
+//
+// Both are purges, not deletions: they act on this exchange's copy of the
+// jar, so the journal lets a store delete only the records this copy
+// read, never a parallel exchange's fresher one.
 func (s *Session) enforceLimits(domain string, now int64, lim *jarLimits, ch *Changes) int {
 	for i := 0; i < len(s.cookies); {
 		if s.cookies[i].expired(now) {
 			if ch != nil {
-				ch.delete(&s.cookies[i])
+				ch.purge(&s.cookies[i], s.revisions)
 			}
 			s.removeAt(i)
 			continue
@@ -236,7 +240,7 @@ func (s *Session) enforceLimits(domain string, now int64, lim *jarLimits, ch *Ch
 			}
 		}
 		if ch != nil {
-			ch.delete(&s.cookies[victim])
+			ch.purge(&s.cookies[victim], s.revisions)
 		}
 		bytes -= s.cookies[victim].size()
 		s.removeAt(victim)

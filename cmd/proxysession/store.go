@@ -35,6 +35,7 @@ func newStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (sessio
 	redis.SetLogger(redisstore.ClientLogger{Logger: log})
 	store, err := redisstore.New(client, redisstore.Options{
 		Lifetime: sc.Lifetime, IdleTimeout: sc.IdleTimeout,
+		MaxCookies: sc.MaxCookiesPerSession, MaxBytes: sc.MaxBytesPerSession,
 		KeyPrefix: cfg.Redis.KeyPrefix, Timeout: cfg.Redis.Timeout, Logger: log,
 	})
 	if err != nil {

@@ -15,6 +15,18 @@
 // trip: a Lua script reads the session and renews its expiry, another
 // writes the changed fields. The key's TTL follows the session's absolute
 // lifetime and idle timeout.
+//
+// Parallel exchanges work on their own copies of a session, so the commit
+// script is where the session's limits hold: it refuses new cookies beyond
+// the per-session count and byte limits, and it deletes a cookie that an
+// exchange purged (found expired, or evicted for the limits) only if the
+// field still holds the very record that exchange read. A cookie the
+// backend deleted on purpose is deleted whatever the field holds.
+//
+// Each hash also holds a verifier of the id's secret half. The scripts
+// compare it before they read, touch or write anything, so an id with the
+// right lookup half and a wrong secret neither renews, nor deletes, nor
+// writes to the session.
 package redisstore
 
 import (
@@ -44,6 +56,12 @@ type Options struct {
 	// Lifetime and IdleTimeout must be the Cache's: they set the keys'
 	// expiry (the earlier of the absolute deadline and now + idle).
 	Lifetime, IdleTimeout time.Duration
+	// MaxCookies and MaxBytes must be the Cache's MaxCookiesPerSession
+	// and MaxBytesPerSession: the commit script enforces them on the
+	// stored session, which parallel exchanges write to at once.
+	// Defaults sessions.DefaultMaxCookiesPerSession and
+	// sessions.DefaultMaxBytesPerSession.
+	MaxCookies, MaxBytes int
 	// KeyPrefix starts every key. Default "proxysession:".
 	KeyPrefix string
 	// Timeout bounds each store operation; keep it well under Envoy's
@@ -63,12 +81,22 @@ type Store struct {
 
 	undecryptable atomic.Uint64
 	failures      atomic.Uint64
+	refused       atomic.Uint64
 }
 
 // New returns a Store that keeps sessions in client.
 func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if opts.Lifetime <= 0 || opts.IdleTimeout <= 0 {
 		return nil, errors.New("redisstore: Lifetime and IdleTimeout must be set to the Cache's")
+	}
+	if opts.MaxCookies < 0 || opts.MaxBytes < 0 {
+		return nil, errors.New("redisstore: MaxCookies and MaxBytes must be the Cache's limits")
+	}
+	if opts.MaxCookies == 0 {
+		opts.MaxCookies = sessions.DefaultMaxCookiesPerSession
+	}
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = sessions.DefaultMaxBytesPerSession
 	}
 	if opts.KeyPrefix == "" {
 		opts.KeyPrefix = "proxysession:"
@@ -91,14 +119,26 @@ const (
 	fieldMeta     = "m" // sealed: format version and creation time
 	fieldDeadline = "x" // absolute deadline, Unix ms, for the expiry
 	fieldLastSeen = "l" // last request, Unix ms
+	fieldVerifier = "v" // verifier of the id's secret half
 )
+
+// The scripts compare the verifier with Lua's string equality, which is
+// not constant-time. What timing could leak is one session's verifier, a
+// 128-bit HKDF output that reveals nothing about the secret it comes from,
+// and only to someone who already knows the session's lookup half. With
+// it they could renew, end or fill the session, but never read or forge
+// its records, whose keys come from the secret itself. And timing a
+// 16-byte comparison inside Redis through the proxy is not practical.
 
 // findScript reads a session and renews its expiry to the earlier of its
 // absolute deadline and now + idle timeout, recording now as its last use.
-// It returns the fields as they were before.
+// It returns the fields as they were before, or nothing, without touching
+// the session, when the verifier (ARGV[3]) does not match. Sessions
+// written before the verifier existed have none: they are unknown.
 var findScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v or v ~= ARGV[3] then return {} end
 local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return h end
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'x'))
 if deadline then
   redis.call('HSET', KEYS[1], 'l', ARGV[1])
@@ -106,29 +146,89 @@ if deadline then
 end
 return h`)
 
-// commitScript writes fields and deletes fields of a session, and renews
-// its expiry. For an existing session (ARGV[1] = "0") it does nothing if
-// the session is gone: a parallel logout must not be undone.
-//
-// ARGV: new, now ms, idle ms, number of field/value pairs n, the n pairs,
-// then the fields to delete.
-var commitScript = redis.NewScript(`
-if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[4])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n)) end
-if #ARGV > 4 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 5 + 2 * n)) end
-local deadline = tonumber(redis.call('HGET', KEYS[1], 'x'))
-if deadline then
-  redis.call('PEXPIREAT', KEYS[1], math.min(deadline, tonumber(ARGV[2]) + tonumber(ARGV[3])))
-end
-return 1`)
+// deleteScript deletes a session if the verifier (ARGV[1]) matches.
+var deleteScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
 
-// sessionKeys is what one session's id yields: its Redis key, and the keys
-// that seal its records and name its cookie fields.
+// commitScript writes one exchange's changes to a session and renews its
+// expiry. It writes nothing and returns {0, 0} when the verifier does not
+// match: the session is gone (a parallel logout must not be undone), or
+// the id's secret is wrong. Else it returns {1, refused}.
+//
+// It works argument by argument (Lua's unpack fails beyond a few thousand
+// values). First the deletions: unconditional without a revision (the
+// backend deleted the cookie), else only if the field's record still
+// starts with the revision the exchange read (it purged the cookie from
+// its copy). Then the stored cookies, within the session's limits as it
+// stands now: a new field is refused beyond MaxCookies, any write beyond
+// MaxBytes. A cookie's bytes are its record's length minus a fixed
+// overhead (records are padded to make it so).
+//
+// ARGV: new ("1"/"0"), verifier, now ms, idle ms, max cookies, max bytes,
+// record overhead, number of deletions nd, of stores ns, then for a new
+// session its meta record and deadline ms (else empty); then nd
+// field/revision pairs and ns field/record pairs.
+var commitScript = redis.NewScript(`
+local key = KEYS[1]
+local v = redis.call('HGET', key, 'v')
+if ARGV[1] == '1' then
+  if v and v ~= ARGV[2] then return {0, 0} end
+  redis.call('HSET', key, 'v', ARGV[2], 'm', ARGV[10], 'x', ARGV[11], 'l', ARGV[3])
+elseif not v or v ~= ARGV[2] then
+  return {0, 0}
+end
+local nd, ns = tonumber(ARGV[8]), tonumber(ARGV[9])
+local i = 12
+for _ = 1, nd do
+  local f, rev = ARGV[i], ARGV[i + 1]
+  if rev == '' then
+    redis.call('HDEL', key, f)
+  else
+    local rec = redis.call('HGET', key, f)
+    if rec and string.sub(rec, 1, #rev) == rev then redis.call('HDEL', key, f) end
+  end
+  i = i + 2
+end
+local refused = 0
+if ns > 0 then
+  local maxn, maxb, over = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local n, b = 0, 0
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    if #f > 1 then
+      n = n + 1
+      b = b + redis.call('HSTRLEN', key, f) - over
+    end
+  end
+  for _ = 1, ns do
+    local f, rec = ARGV[i], ARGV[i + 1]
+    local old = redis.call('HSTRLEN', key, f)
+    local nb = b + #rec - over
+    if old > 0 then nb = nb - (old - over) end
+    if nb > maxb or (old == 0 and n >= maxn) then
+      refused = refused + 1
+    else
+      redis.call('HSET', key, f, rec)
+      b = nb
+      if old == 0 then n = n + 1 end
+    end
+    i = i + 2
+  end
+end
+local deadline = tonumber(redis.call('HGET', key, 'x'))
+if deadline then
+  redis.call('PEXPIREAT', key, math.min(deadline, tonumber(ARGV[3]) + tonumber(ARGV[4])))
+end
+return {1, refused}`)
+
+// sessionKeys is what one session's id yields: its Redis key, the keys
+// that seal its records and name its cookie fields, and the verifier of
+// its secret.
 type sessionKeys struct {
 	redisKey string
 	aead     cipher.AEAD
 	fieldKey []byte
+	verifier string
 }
 
 // keysFor derives a session's keys from its id.
@@ -140,6 +240,10 @@ func (s *Store) keysFor(id sessions.ID) (*sessionKeys, error) {
 		return nil, err
 	}
 	fieldKey, err := hkdf.Key(sha256.New, secret[:], lookup[:], "proxysession/v1/field", 32)
+	if err != nil {
+		return nil, err
+	}
+	verifier, err := hkdf.Key(sha256.New, secret[:], lookup[:], "proxysession/v1/verifier", 16)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +259,7 @@ func (s *Store) keysFor(id sessions.ID) (*sessionKeys, error) {
 		redisKey: s.opts.KeyPrefix + base64.RawURLEncoding.EncodeToString(sum[:]),
 		aead:     aead,
 		fieldKey: fieldKey,
+		verifier: string(verifier),
 	}, nil
 }
 
@@ -166,24 +271,95 @@ func (k *sessionKeys) fieldName(cookieKey string) string {
 	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:16])
 }
 
-const sealVersion = 1
+// sealVersion 2 pads cookie records (see cookiePlaintext). Version 1
+// records, from before the verifier, belong to sessions that are unknown
+// now since they have no verifier.
+const sealVersion = 2
+
+// A record is the version byte, the nonce, the ciphertext and the GCM tag.
+// Its first revisionBytes (version and random nonce) differ for every
+// write: they are the record's revision, which the commit script compares
+// before it deletes a purged cookie.
+const (
+	nonceBytes    = 12
+	tagBytes      = 16
+	revisionBytes = 1 + nonceBytes
+)
+
+// A cookie record's plaintext is the cookie's encoding, zero bytes, and
+// the number of zero bytes, padded to exactly the cookie's size (the bytes
+// it counts against the session's limit) + plainOverhead. The encoding
+// has 25 bytes of fixed fields and three length prefixes of up to 3 bytes
+// each (lengths below 2 MiB), so the padding always fits. The commit
+// script then knows a cookie's size from its record's length alone:
+// recordOverhead less. (The ciphertext's length gave the size away
+// within a few bytes before; now it gives it exactly.)
+const (
+	plainOverhead  = 25 + 3*3 + 1
+	recordOverhead = revisionBytes + plainOverhead + tagBytes
+)
+
+// cookieSize is what c counts against the session's byte limit (the
+// engine's Cookie.size): name, "=" when there is a name, value, domain
+// and path.
+func cookieSize(c *sessions.Cookie) int {
+	n := len(c.Name()) + len(c.Value()) + len(c.Domain()) + len(c.Path())
+	if c.Name() != "" {
+		n++
+	}
+	return n
+}
+
+// cookiePlaintext encodes c padded to cookieSize(c) + plainOverhead.
+func cookiePlaintext(c *sessions.Cookie) ([]byte, error) {
+	enc, err := c.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	pad := cookieSize(c) + plainOverhead - 1 - len(enc)
+	if pad < 0 || pad > 255 {
+		return nil, errors.New("cookie encoding does not fit its record")
+	}
+	plain := make([]byte, len(enc), len(enc)+pad+1)
+	copy(plain, enc)
+	plain = append(plain, make([]byte, pad)...)
+	return append(plain, byte(pad)), nil
+}
+
+// openCookie decodes a plaintext made by cookiePlaintext.
+func openCookie(plain []byte) (sessions.Cookie, error) {
+	var c sessions.Cookie
+	if len(plain) == 0 {
+		return c, errors.New("empty record")
+	}
+	pad := int(plain[len(plain)-1])
+	if pad+1 > len(plain) {
+		return c, errors.New("bad padding")
+	}
+	if err := c.UnmarshalBinary(plain[:len(plain)-1-pad]); err != nil {
+		return c, err
+	}
+	if len(plain) != cookieSize(&c)+plainOverhead {
+		return c, errors.New("bad padding")
+	}
+	return c, nil
+}
 
 // seal encrypts a record for one field of one session: the additional
 // data binds it to both.
 func (k *sessionKeys) seal(field string, plaintext []byte) string {
-	nonce := make([]byte, 1+k.aead.NonceSize(), 1+k.aead.NonceSize()+len(plaintext)+k.aead.Overhead())
+	nonce := make([]byte, 1+nonceBytes, 1+nonceBytes+len(plaintext)+tagBytes)
 	nonce[0] = sealVersion
 	rand.Read(nonce[1:])
 	return string(k.aead.Seal(nonce, nonce[1:], plaintext, k.additionalData(field)))
 }
 
 func (k *sessionKeys) open(field, record string) ([]byte, error) {
-	n := k.aead.NonceSize()
-	if len(record) < 1+n+k.aead.Overhead() || record[0] != sealVersion {
+	if len(record) < 1+nonceBytes+tagBytes || record[0] != sealVersion {
 		return nil, errors.New("malformed record")
 	}
 	b := []byte(record)
-	return k.aead.Open(nil, b[1:1+n], b[1+n:], k.additionalData(field))
+	return k.aead.Open(nil, b[1:1+nonceBytes], b[1+nonceBytes:], k.additionalData(field))
 }
 
 func (k *sessionKeys) additionalData(field string) []byte {
@@ -202,7 +378,7 @@ func (s *Store) failed(op string, err error) error {
 }
 
 // Find implements sessions.Store: one round trip that reads the session
-// and renews its expiry.
+// and renews its expiry. A wrong secret finds nothing and changes nothing.
 func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, error) {
 	keys, err := s.keysFor(id)
 	if err != nil {
@@ -211,7 +387,8 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	now := s.opts.Now()
-	res, err := findScript.Run(ctx, s.client, []string{keys.redisKey}, now.UnixMilli(), s.opts.IdleTimeout.Milliseconds()).StringSlice()
+	res, err := findScript.Run(ctx, s.client, []string{keys.redisKey},
+		now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(), keys.verifier).StringSlice()
 	if err != nil {
 		return nil, s.failed("find", err)
 	}
@@ -222,6 +399,7 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 		created, lastSeen time.Time
 		haveMeta          bool
 		cookies           []sessions.Cookie
+		revisions         []string
 	)
 	for i := 0; i+1 < len(res); i += 2 {
 		field, value := res[i], res[i+1]
@@ -240,12 +418,12 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 				return nil, nil
 			}
 			lastSeen = time.UnixMilli(ms)
-		case fieldDeadline:
+		case fieldDeadline, fieldVerifier:
 		default:
-			var c sessions.Cookie
 			plain, err := keys.open(field, value)
+			var c sessions.Cookie
 			if err == nil {
-				err = c.UnmarshalBinary(plain)
+				c, err = openCookie(plain)
 			}
 			if err == nil && keys.fieldName(c.Key()) != field {
 				err = errors.New("record does not belong to its field")
@@ -255,13 +433,14 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 				continue // never sent to a backend
 			}
 			cookies = append(cookies, c)
+			revisions = append(revisions, value[:revisionBytes])
 		}
 	}
 	if !haveMeta || lastSeen.IsZero() {
 		s.undecryptableRecord(ctx, "session", errors.New("incomplete session record"))
 		return nil, nil
 	}
-	return sessions.RestoreSession(id, created, lastSeen, cookies), nil
+	return sessions.RestoreSessionRevisions(id, created, lastSeen, cookies, revisions), nil
 }
 
 // undecryptableRecord logs and counts a record that cannot be trusted:
@@ -276,10 +455,15 @@ func (s *Store) undecryptableRecord(ctx context.Context, what string, err error)
 		slog.String("record", what), slog.String("error", msg))
 }
 
+// commitHeader is the number of commitScript's fixed arguments.
+const commitHeader = 11
+
 // Commit implements sessions.Store: one round trip that writes the
-// changed cookies field by field.
+// changed cookies field by field, within the session's limits. Cookies
+// the limits refuse are counted (Refused) and logged, not an error: the
+// exchange's response goes on, and the jar stays within its limits.
 func (s *Store) Commit(ctx context.Context, sess *sessions.Session, ch *sessions.Changes) error {
-	if !ch.New && len(ch.Stored) == 0 && len(ch.Deleted) == 0 {
+	if ch.Empty() {
 		return nil
 	}
 	keys, err := s.keysFor(sess.ID())
@@ -287,43 +471,54 @@ func (s *Store) Commit(ctx context.Context, sess *sessions.Session, ch *sessions
 		return err
 	}
 	now := s.opts.Now()
-	pairs := make([]any, 0, 2*(len(ch.Stored)+3))
+	newFlag, meta, deadline := "0", "", ""
 	if ch.New {
 		created := sess.Created()
-		meta := make([]byte, 9)
-		meta[0] = 1
-		binary.BigEndian.PutUint64(meta[1:], uint64(created.UnixMilli()))
-		pairs = append(pairs,
-			fieldMeta, keys.seal(fieldMeta, meta),
-			fieldDeadline, created.Add(s.opts.Lifetime).UnixMilli(),
-			fieldLastSeen, now.UnixMilli())
+		plain := make([]byte, 9)
+		plain[0] = 1
+		binary.BigEndian.PutUint64(plain[1:], uint64(created.UnixMilli()))
+		newFlag, meta = "1", keys.seal(fieldMeta, plain)
+		deadline = strconv.FormatInt(created.Add(s.opts.Lifetime).UnixMilli(), 10)
 	}
+	args := make([]any, commitHeader, commitHeader+2*len(ch.Deleted)+2*len(ch.Stored))
+	copy(args, []any{newFlag, keys.verifier, now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(),
+		s.opts.MaxCookies, s.opts.MaxBytes, recordOverhead,
+		len(ch.Deleted), 0, meta, deadline})
+	for _, d := range ch.Deleted {
+		args = append(args, keys.fieldName(d.Key), d.Revision)
+	}
+	stored, refused := 0, 0
 	for i := range ch.Stored {
 		c := &ch.Stored[i]
-		plain, err := c.MarshalBinary()
+		plain, err := cookiePlaintext(c)
 		if err != nil {
-			return err
+			refused++ // beyond any sensible limit: lengths of 2 MiB
+			continue
 		}
 		field := keys.fieldName(c.Key())
-		pairs = append(pairs, field, keys.seal(field, plain))
+		args = append(args, field, keys.seal(field, plain))
+		stored++
 	}
-	newFlag := "0"
-	if ch.New {
-		newFlag = "1"
-	}
-	args := append([]any{newFlag, now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(), len(pairs) / 2}, pairs...)
-	for _, k := range ch.Deleted {
-		args = append(args, keys.fieldName(k))
-	}
+	args[8] = stored
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if err := commitScript.Run(ctx, s.client, []string{keys.redisKey}, args...).Err(); err != nil {
+	res, err := commitScript.Run(ctx, s.client, []string{keys.redisKey}, args...).Int64Slice()
+	if err != nil {
 		return s.failed("commit", err)
+	}
+	if len(res) == 2 {
+		refused += int(res[1])
+	}
+	if refused > 0 {
+		s.refused.Add(uint64(refused))
+		s.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "refused backend cookies beyond the session limits",
+			slog.Int("count", refused))
 	}
 	return nil
 }
 
-// Delete implements sessions.Store.
+// Delete implements sessions.Store. It deletes nothing when the id's
+// secret is wrong.
 func (s *Store) Delete(ctx context.Context, id sessions.ID) error {
 	keys, err := s.keysFor(id)
 	if err != nil {
@@ -331,7 +526,7 @@ func (s *Store) Delete(ctx context.Context, id sessions.ID) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if err := s.client.Del(ctx, keys.redisKey).Err(); err != nil {
+	if err := deleteScript.Run(ctx, s.client, []string{keys.redisKey}, keys.verifier).Err(); err != nil {
 		return s.failed("delete", err)
 	}
 	return nil
@@ -352,6 +547,11 @@ func (s *Store) Undecryptable() uint64 { return s.undecryptable.Load() }
 
 // Failures returns how many Redis operations failed.
 func (s *Store) Failures() uint64 { return s.failures.Load() }
+
+// Refused returns how many stored cookies the commit script refused
+// because the session was at its cookie or byte limit (parallel
+// exchanges filled it).
+func (s *Store) Refused() uint64 { return s.refused.Load() }
 
 // ClientLogger adapts an slog.Logger to go-redis's internal logger
 // (redis.SetLogger), at level Warn: connection failures and the like.

@@ -61,15 +61,19 @@ type replica struct {
 	store  *redisstore.Store
 	client *redis.Client
 	trips  *roundTrips
+	setup  setup
 }
 
 type setup struct {
 	lifetime, idle time.Duration
 	now            func() time.Time
 	password       string
+	// Per-session limits, for the Cache and the store; 0 for the defaults.
+	maxCookies, maxBytes int
+	timeout              time.Duration // default 1s
 }
 
-func newReplica(t *testing.T, addr string, s setup) *replica {
+func newReplica(t testing.TB, addr string, s setup) *replica {
 	t.Helper()
 	if s.lifetime == 0 {
 		s.lifetime, s.idle = 24*time.Hour, 2*time.Hour
@@ -82,20 +86,37 @@ func newReplica(t *testing.T, addr string, s setup) *replica {
 	trips := &roundTrips{}
 	client.AddHook(trips)
 	log := slog.New(slog.DiscardHandler)
-	store, err := redisstore.New(client, redisstore.Options{Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: log, Now: s.now, Timeout: time.Second})
+	if s.timeout == 0 {
+		s.timeout = time.Second
+	}
+	store, err := redisstore.New(client, redisstore.Options{Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: log, Now: s.now, Timeout: s.timeout,
+		MaxCookies: s.maxCookies, MaxBytes: s.maxBytes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache, err := sessions.New(sessions.Config{Store: store, Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: log, Now: s.now})
+	cache, err := sessions.New(sessions.Config{Store: store, Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: log, Now: s.now,
+		MaxCookiesPerDomain: min(s.maxCookies, sessions.DefaultMaxCookiesPerDomain), MaxCookiesPerSession: s.maxCookies, MaxBytesPerSession: s.maxBytes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &replica{cache: cache, store: store, client: client, trips: trips}
+	return &replica{cache: cache, store: store, client: client, trips: trips, setup: s}
+}
+
+// sibling returns another Cache (another replica's engine) on r's store.
+func (r *replica) sibling(t testing.TB) *replica {
+	t.Helper()
+	s := r.setup
+	cache, err := sessions.New(sessions.Config{Store: r.store, Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: slog.New(slog.DiscardHandler), Now: s.now,
+		MaxCookiesPerDomain: min(s.maxCookies, sessions.DefaultMaxCookiesPerDomain), MaxCookiesPerSession: s.maxCookies, MaxBytesPerSession: s.maxBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &replica{cache: cache, store: r.store, client: r.client, trips: r.trips, setup: s}
 }
 
 // exchange runs one request with browser cookies (name → value) through
 // r, the backend answering with setCookies, and updates the cookies.
-func (r *replica) exchange(t *testing.T, browser map[string]string, path string, setCookies ...string) *sessions.Exchange {
+func (r *replica) exchange(t testing.TB, browser map[string]string, path string, setCookies ...string) *sessions.Exchange {
 	t.Helper()
 	x, err := r.try(browser, path, setCookies...)
 	if err != nil {
@@ -297,8 +318,8 @@ func TestExpiry(t *testing.T) {
 		t.Errorf("after a request the session expires at %v, want %v", got, want)
 	}
 	r.exchange(t, browser, "/", "other=1")
-	if n, _ := r.client.HLen(ctx, key).Result(); n != 3+2 {
-		t.Errorf("%d fields after a write, want meta, deadline, last seen, sid and other: the expired cookie deleted", n)
+	if n, _ := r.client.HLen(ctx, key).Result(); n != 4+2 {
+		t.Errorf("%d fields after a write, want meta, deadline, last seen, verifier, sid and other: the expired cookie deleted", n)
 	}
 
 	// Within an idle timeout of the absolute deadline, the TTL stops at
