@@ -152,3 +152,88 @@ func BenchmarkExpandCapture(b *testing.B) {
 		i++
 	}
 }
+
+// adversarialRequest is anonymous request i of a flood that makes every
+// session as large as the jar allows while each one's backend sets one
+// tiny cookie: a distinct 253-byte host (host-only cookies store it), or
+// a distinct 1024-byte default path. Longer ones are rejected.
+func adversarialRequest(kind string, i int) *Request {
+	if kind == "host" {
+		return &Request{Scheme: "https", Host: fmt.Sprintf("%010d", i) + strings.Repeat("h", 239) + ".com", Path: "/"}
+	}
+	return &Request{Scheme: "https", Host: "example.com", Path: fmt.Sprintf("/%010d", i) + strings.Repeat("p", 1011) + "/x"}
+}
+
+func adversarialSession(tb testing.TB, c *Cache, kind string, i int) {
+	var x Exchange
+	if err := c.Expand(context.Background(), adversarialRequest(kind, i), &x); err != nil {
+		tb.Fatal(err)
+	}
+	edit, err := c.Capture(context.Background(), &x, &Response{SetCookie: []string{"t=1"}})
+	if err != nil || len(edit.SetCookie) != 1 {
+		tb.Fatalf("creating session: %v %q", err, edit.SetCookie)
+	}
+}
+
+// BenchmarkAdversarialSessionHeap measures the heap (after collection)
+// that 100,000 sessions of the largest kinds that anonymous requests can
+// create take, per session, and the memory store's estimate of it
+// (estimate-B/session), which must not be lower.
+func BenchmarkAdversarialSessionHeap(b *testing.B) {
+	const n = 100_000
+	for _, kind := range []string{"host", "path"} {
+		b.Run(kind, func(b *testing.B) {
+			for b.Loop() {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				c := newTestCache(b, Config{Logger: discardLogger(), MaxSessions: n, MaxMemory: 1 << 30})
+				for i := range n {
+					adversarialSession(b, c, kind, i)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				m := c.Store().(*MemoryStore)
+				if m.Len() != n {
+					b.Fatalf("%d sessions held, want %d", m.Len(), n)
+				}
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/session")
+				b.ReportMetric(float64(m.Bytes())/n, "estimate-B/session")
+				runtime.KeepAlive(c)
+			}
+		})
+	}
+}
+
+// BenchmarkAdversarialFlood sends 1,000,000 anonymous requests that each
+// create a session of the largest kind (half of them by host, half by
+// path) into a store with the default session limit and a 64 MiB budget,
+// and reports the store's estimate at its peak and the heap the sessions
+// take at the end (after collection), both in MiB.
+func BenchmarkAdversarialFlood(b *testing.B) {
+	const n, budget = 1_000_000, 64 << 20
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		c := newTestCache(b, Config{Logger: discardLogger(), MaxMemory: budget})
+		m := c.Store().(*MemoryStore)
+		peak := int64(0)
+		for i := range n {
+			adversarialSession(b, c, [2]string{"host", "path"}[i%2], i)
+			if i%1000 == 0 {
+				peak = max(peak, m.Bytes())
+			}
+		}
+		peak = max(peak, m.Bytes())
+		if peak > budget {
+			b.Fatalf("the store's estimate reached %d bytes, over its budget of %d", peak, budget)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(peak)/(1<<20), "peak-estimate-MiB")
+		b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/(1<<20), "heap-MiB")
+		b.ReportMetric(float64(m.Len()), "sessions")
+		runtime.KeepAlive(c)
+	}
+}

@@ -73,6 +73,10 @@ type Config struct {
 	Store Store
 	// MaxSessions sizes the default MemoryStore. Default DefaultMaxSessions.
 	MaxSessions int
+	// MaxMemory bounds the default MemoryStore's estimate of the heap its
+	// sessions take, in bytes, besides MaxSessions. Default
+	// DefaultMaxMemory; at least 1 MiB.
+	MaxMemory int64
 	// Logger receives rejected cookies and session events; never cookie
 	// values or session ids. Default slog.Default().
 	Logger *slog.Logger
@@ -170,6 +174,12 @@ func (cfg Config) WithDefaults() (Config, error) {
 	if cfg.MaxSessions < 1 {
 		errs = append(errs, fmt.Errorf("max sessions %d: must be at least 1", cfg.MaxSessions))
 	}
+	if cfg.MaxMemory == 0 {
+		cfg.MaxMemory = DefaultMaxMemory
+	}
+	if cfg.MaxMemory < minMaxMemory {
+		errs = append(errs, fmt.Errorf("max memory %d bytes: must be at least 1 MiB", cfg.MaxMemory))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return cfg, fmt.Errorf("sessions: invalid configuration: %w", err)
 	}
@@ -184,7 +194,7 @@ func New(cfg Config) (*Cache, error) {
 		return nil, err
 	}
 	if cfg.Store == nil {
-		store, err := NewMemoryStore(cfg.MaxSessions)
+		store, err := NewMemoryStoreLimits(cfg.MaxSessions, cfg.MaxMemory)
 		if err != nil {
 			return nil, err
 		}
@@ -646,6 +656,9 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 				ch.New = true
 			}
 			c.storeCookie(ctx, s, &sc, &x.origin, now, journal)
+		}
+		if st, ok := c.store.(sizeTracker); ok && !created && s != nil && len(resp.SetCookie) > 0 {
+			st.resized(s) // a live session's jar changed size; s.mu is held
 		}
 	}()
 

@@ -16,7 +16,6 @@ const maxCookieAge = 400 * 24 * time.Hour
 // origin is where a request went and how, as the jar sees it.
 type origin struct {
 	host   string // canonical request host; "" when the request had none
-	isIP   bool
 	path   string // request path, without the query
 	secure bool   // the browser-facing connection is secure
 	// SameSite context from the Fetch Metadata headers.
@@ -95,6 +94,13 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 	path := sc.path
 	if path == "" {
 		path = defaultPath(o.path)
+	}
+	if len(path) > maxAttrValueBytes {
+		// A Path attribute is at most 1024 bytes (§5.6), but the default
+		// path of a request path is not bounded: a crafted long request
+		// path would cost the store that many bytes per cookie. No real
+		// application has such a directory.
+		return storeResult{reject: RejectPathTooLong}
 	}
 	if sc.secure {
 		c.flags |= flagSecure
@@ -348,7 +354,14 @@ func defaultPath(p string) string {
 // canonicalHost returns the canonical form (§5.1.2) of the host in an
 // HTTP authority ("host:port", "[v6]:port"): lower case, without port and
 // brackets, IDNA A-labels. It returns "" for an unusable authority.
+//
+// A host longer than a DNS name can be (253 bytes) is unusable: no
+// browser can have sent it, and a crafted one would cost the store its
+// length in every host-only cookie.
 func canonicalHost(authority string) (host string, isIP bool) {
+	if len(authority) > maxAuthorityBytes {
+		return "", false // without spending IDNA's time on it
+	}
 	// Fast path: a lower-case ASCII name or IPv4 address, maybe with a port.
 	host = authority
 	for i := 0; i < len(authority); i++ {
@@ -360,11 +373,20 @@ func canonicalHost(authority string) (host string, isIP bool) {
 			break
 		}
 	}
-	if host == "" {
+	if host == "" || len(host) > maxHostBytes {
 		return "", false
 	}
 	return host, isIPAddress(host)
 }
+
+// Bounds of a usable authority. maxHostBytes is the longest DNS name
+// (RFC 1035 §2.3.4, without the final dot); maxAuthorityBytes leaves room
+// for the longer spellings that canonicalisation shortens (Unicode
+// labels, brackets and port), and bounds the work spent on junk.
+const (
+	maxHostBytes      = 253
+	maxAuthorityBytes = 1024
+)
 
 var canonicalHostByte = func() (t [256]bool) {
 	for _, c := range []byte("abcdefghijklmnopqrstuvwxyz0123456789-._") {
@@ -391,8 +413,8 @@ func slowCanonicalHost(authority string) (host string, isIP bool) {
 			return "", false
 		}
 		host = host[1:end]
-		if _, err := netip.ParseAddr(host); err != nil {
-			return "", false
+		if _, err := netip.ParseAddr(host); err != nil || len(host) > maxHostBytes {
+			return "", false // a zone (fe80::1%eth0) can be of any length
 		}
 		return lowerASCII(host), true
 	}
@@ -415,6 +437,9 @@ func slowCanonicalHost(authority string) (host string, isIP bool) {
 		if c := host[i]; c <= ' ' || c == 0x7f || strings.IndexByte(`"/;<>@\`, c) >= 0 {
 			return "", false
 		}
+	}
+	if len(host) > maxHostBytes {
+		return "", false
 	}
 	host = lowerASCII(host)
 	return host, isIPAddress(host)

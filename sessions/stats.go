@@ -24,6 +24,7 @@ const (
 	RejectSessionEnded                      // set in the response that ended the session
 	RejectSameSiteNoneInsecure              // SameSite=None without Secure (§5.7 step 16)
 	RejectSessionConflict                   // the request carried two different valid sessions
+	RejectPathTooLong                       // the stored path would exceed 1024 bytes
 	numRejectReasons
 )
 
@@ -31,7 +32,7 @@ var rejectNames = [numRejectReasons]string{
 	"none", "control_char", "too_large", "empty", "no_host", "domain_not_ascii",
 	"public_suffix", "domain_mismatch", "secure_from_insecure", "overwrites_secure",
 	"prefix", "cross_site", "session_cookie_name", "session_ended",
-	"samesite_none_insecure", "session_conflict",
+	"samesite_none_insecure", "session_conflict", "path_too_long",
 }
 
 // String returns the reason as a metric label value, e.g. "public_suffix".

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Store keeps sessions between requests. Like scs's stores, a Store
@@ -42,37 +40,81 @@ type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
-// MemoryStore keeps sessions in process memory, in a scan-resistant 2Q
-// cache (hashicorp/golang-lru) bounded by a number of sessions: sessions
-// seen once sit in a small "recent" queue, so a flood of one-shot sessions
-// (crawlers, attacks) evicts other one-shot sessions rather than the
-// sessions of users who come back.
+// MemoryStore keeps sessions in process memory, bounded both by a number
+// of sessions and by an estimate of the heap they take (see
+// NewMemoryStoreLimits), in a segmented LRU with frequency-based
+// admission:
+//
+//   - A new session enters a "probation" segment, which absorbs floods of
+//     one-shot sessions (crawlers, attacks): when the store is full, the
+//     least recently used session on probation goes first.
+//   - A session used again asks to move to a "protected" segment of at
+//     most 3/4 of the store. When that segment is full, the session gets
+//     in only if it has been used more often, recently, than the protected
+//     session that would make room for it; that one goes back on
+//     probation. An attacker who reuses each flood session a few times
+//     therefore cannot push out users whose sessions see more use.
+//   - Use counts are exact, per session, and halve for every 5 minutes
+//     (freqHalfLife) that pass, so that sessions which stopped being used
+//     lose their protection.
+//
+// Sessions on probation, and sessions that grow beyond the byte budget,
+// are evicted before protected ones. The trade-off is that an attacker
+// who uses each of its sessions as often as real users use theirs is
+// indistinguishable from them: frequency protects established users
+// against cheap floods, not against a flood as busy as the users.
 //
 // MemoryStore hands out live sessions: all exchanges of one session share
 // one *Session, whose mutex keeps its jar consistent.
 type MemoryStore struct {
-	cache     *lru.TwoQueueCache[[idKeyBytes]byte, *Session]
-	size      int
-	mu        sync.Mutex // orders Add and Remove, so that evictions can be counted
+	// mu guards index, the segments and the entries' list fields and
+	// sizes. Lookups take it shared; everything that reorders takes it
+	// exclusively.
+	mu                   sync.RWMutex
+	index                map[[idKeyBytes]byte]*memEntry
+	probation, protected memList
+	bytes                int64 // estimated heap of all sessions held
+
+	maxSessions, maxProtected int
+	maxBytes, maxProtectedB   int64
+
 	evictions atomic.Uint64
 }
 
 // NewMemoryStore returns a MemoryStore that holds up to maxSessions
-// sessions.
+// sessions within DefaultMaxMemory bytes.
 func NewMemoryStore(maxSessions int) (*MemoryStore, error) {
+	return NewMemoryStoreLimits(maxSessions, DefaultMaxMemory)
+}
+
+// NewMemoryStoreLimits returns a MemoryStore that holds up to maxSessions
+// sessions whose estimated heap (sessionHeapBytes: the session, its
+// cookies and the store's own bookkeeping) totals at most maxBytes.
+func NewMemoryStoreLimits(maxSessions int, maxBytes int64) (*MemoryStore, error) {
 	if maxSessions <= 0 {
 		return nil, errors.New("sessions: the memory store needs room for at least one session")
 	}
-	c, err := lru.New2Q[[idKeyBytes]byte, *Session](maxSessions)
-	if err != nil {
-		return nil, err
+	if maxBytes < minMaxMemory {
+		return nil, errors.New("sessions: the memory store needs at least 1 MiB")
 	}
-	return &MemoryStore{cache: c, size: maxSessions}, nil
+	m := &MemoryStore{
+		index:       make(map[[idKeyBytes]byte]*memEntry),
+		maxSessions: maxSessions,
+		// The protected segment leaves at least a quarter of the store to
+		// probation, so that new users can always get a session.
+		maxProtected:  maxSessions - maxSessions/4,
+		maxBytes:      maxBytes,
+		maxProtectedB: maxBytes - maxBytes/4,
+	}
+	m.probation.init(false)
+	m.protected.init(true)
+	return m, nil
 }
 
-// recencyGranularity is how often a session in use moves to the front of
-// the LRU order: moving it on every request costs more (a write lock and
-// its neighbours' cache lines) than one second of precision is worth.
+// recencyGranularity is how often a protected session in use moves to
+// the front of the LRU order: moving it on every request costs more (a
+// write lock and its neighbours' cache lines) than one second of
+// precision is worth.
 const recencyGranularity = int64(time.Second)
 
 // Find implements Store.
@@ -82,51 +124,186 @@ func (m *MemoryStore) Find(_ context.Context, id ID) (*Session, error) {
 
 // findAt is Find at a time the caller already knows (the Cache's clock).
 func (m *MemoryStore) findAt(id ID, now int64) *Session {
-	s, ok := m.cache.Peek(id.Key())
-	if !ok {
+	key := id.Key()
+	m.mu.RLock()
+	e := m.index[key]
+	protected := e != nil && e.isProtected()
+	m.mu.RUnlock()
+	if e == nil {
 		return nil
 	}
-	// The first use after creation promotes the session out of 2Q's
-	// "recent" queue (scan resistance depends on it); later uses refresh
-	// its place at most once per recencyGranularity.
-	if seen := s.lastSeen.Load(); seen == s.created || now-seen >= recencyGranularity {
-		m.cache.Get(id.Key())
-	}
+	s := e.s
+	// The secret is checked before the lookup counts as a use: a client
+	// that knows only the key half of an id cannot keep a session alive
+	// or promote it.
 	secret, want := id.Secret(), s.id.Secret()
 	if subtle.ConstantTimeCompare(secret[:], want[:]) != 1 {
 		return nil
 	}
+	f := e.use(now)
+	switch seen := s.lastSeen.Load(); {
+	case !protected:
+		// Every use of a session on probation asks for promotion: its
+		// count has just grown, and the first use after creation is
+		// what scan resistance depends on.
+		m.promote(e, f, now)
+	case seen == s.created || now-seen >= recencyGranularity:
+		m.refresh(e)
+	}
 	return s
 }
 
+// promote moves e from probation to the protected segment if there is
+// room, or if it has been used more often than every protected session
+// that must make room for it, which go back on probation. Otherwise e
+// moves to the front of probation: it is in use.
+func (m *MemoryStore) promote(e *memEntry, f uint32, now int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.index[e.s.id.Key()] != e || e.isProtected() {
+		return // evicted, deleted or promoted meanwhile
+	}
+	size := int64(e.sizeBytes())
+	// Find the protected sessions that would have to make room, from the
+	// least recently used, without moving any of them yet.
+	n, freed, v := m.protected.len, int64(0), m.protected.root.prev
+	for n >= m.maxProtected || m.protected.bytes-freed+size > m.maxProtectedB {
+		if v == &m.protected.root || v.frequency(now) >= f {
+			m.probation.moveToFront(e)
+			return
+		}
+		n, freed, v = n-1, freed+int64(v.sizeBytes()), v.prev
+	}
+	for m.protected.len > n {
+		d := m.protected.back()
+		m.protected.remove(d)
+		m.probation.pushFront(d)
+	}
+	m.probation.remove(e)
+	m.protected.pushFront(e)
+}
+
+// refresh moves a protected session to the front of its segment.
+func (m *MemoryStore) refresh(e *memEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.index[e.s.id.Key()] == e && e.isProtected() {
+		m.protected.moveToFront(e)
+	}
+}
+
 // Commit implements Store. Changes to an existing session are already in
-// place, so only new sessions need work.
+// place (resized accounts for their size), so only new sessions need
+// work.
 func (m *MemoryStore) Commit(_ context.Context, s *Session, ch *Changes) error {
 	if !ch.New {
 		return nil
 	}
+	// The session is not visible to other exchanges yet: no need for s.mu.
+	e := newMemEntry(s, sessionHeapBytes(s))
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	full := m.cache.Len() >= m.size
-	m.cache.Add(s.id.Key(), s)
-	if full {
+	key := s.id.Key()
+	if old := m.index[key]; old != nil {
+		m.unlink(old) // cannot happen with random ids; keep the books right
+	}
+	m.index[key] = e
+	m.probation.pushFront(e)
+	m.bytes += int64(e.sizeBytes())
+	m.evict()
+	return nil
+}
+
+// resized implements sizeTracker: it records the new size of a live
+// session whose jar an exchange changed. The caller holds s.mu, so that
+// the sizes of one session are recorded in the order its jar changed
+// (the store never takes a session's lock, so the lock order is s.mu,
+// then m.mu).
+func (m *MemoryStore) resized(s *Session) {
+	size := sessionHeapBytes(s)
+	key := s.id.Key()
+	m.mu.RLock()
+	e := m.index[key]
+	same := e == nil || e.s != s || e.sizeBytes() == size
+	m.mu.RUnlock()
+	if same {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e = m.index[key]; e == nil || e.s != s {
+		return
+	}
+	delta := int64(size) - int64(e.sizeBytes())
+	e.setSize(size)
+	m.bytes += delta
+	if e.isProtected() {
+		m.protected.bytes += delta
+		// A protected segment grown past its share goes back to probation
+		// from its least recently used end.
+		for m.protected.bytes > m.maxProtectedB {
+			d := m.protected.back()
+			m.protected.remove(d)
+			m.probation.pushFront(d)
+		}
+	} else {
+		m.probation.bytes += delta
+	}
+	m.evict()
+}
+
+// evict removes sessions, least valuable first (probation before
+// protected, least recently used first), until the store is within its
+// limits. The caller holds m.mu.
+func (m *MemoryStore) evict() {
+	for len(m.index) > m.maxSessions || m.bytes > m.maxBytes {
+		v := m.probation.back()
+		if v == nil {
+			v = m.protected.back()
+		}
+		if v == nil {
+			return
+		}
+		m.unlink(v)
 		m.evictions.Add(1)
 	}
-	return nil
+}
+
+// unlink removes e from its segment and the index. The caller holds m.mu.
+func (m *MemoryStore) unlink(e *memEntry) {
+	if e.isProtected() {
+		m.protected.remove(e)
+	} else {
+		m.probation.remove(e)
+	}
+	delete(m.index, e.s.id.Key())
+	m.bytes -= int64(e.sizeBytes())
 }
 
 // Delete implements Store.
 func (m *MemoryStore) Delete(_ context.Context, id ID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s, ok := m.cache.Peek(id.Key()); ok && s.id.Equal(id) {
-		m.cache.Remove(id.Key())
+	if e := m.index[id.Key()]; e != nil && e.s.id.Equal(id) {
+		m.unlink(e)
 	}
 	return nil
 }
 
 // Len returns the number of sessions held.
-func (m *MemoryStore) Len() int { return m.cache.Len() }
+func (m *MemoryStore) Len() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return len(m.index)
+}
+
+// Bytes returns the estimated heap of the sessions held, which the store
+// keeps within its byte budget.
+func (m *MemoryStore) Bytes() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.bytes
+}
 
 // Evictions returns how many sessions were pushed out to make room.
 func (m *MemoryStore) Evictions() uint64 { return m.evictions.Load() }

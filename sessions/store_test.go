@@ -84,7 +84,7 @@ func TestMemoryStoreIsScanResistant(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := survivalAfterFlood(t, mem, capacity, active)
-	t.Logf("2Q memory store: %.1f%% of active sessions survived a flood of %d one-shot sessions", 100*got, 10*capacity)
+	t.Logf("memory store: %.1f%% of active sessions survived a flood of %d one-shot sessions", 100*got, 10*capacity)
 	if got < 0.9 {
 		t.Errorf("only %.1f%% of active sessions survived, want ≥ 90%%", 100*got)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -124,6 +125,62 @@ func (o *options) duration(p *time.Duration, name string, def time.Duration, usa
 	})
 }
 
+func (o *options) size(p *int64, name string, def int64, usage string) {
+	o.add(name, "size", FormatSize(def), usage, func(s string) error {
+		v, err := ParseSize(s)
+		if err != nil {
+			return err
+		}
+		*p = v
+		return nil
+	})
+}
+
+// sizeUnits are the suffixes ParseSize accepts, longest first: binary
+// (KiB, and Kubernetes's Ki) and decimal (KB, as in k8s's k/M/G).
+var sizeUnits = []struct {
+	suffix string
+	factor int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
+	{"B", 1},
+}
+
+// ParseSize parses a number of bytes: a whole number with an optional
+// unit, binary (256MiB, 1GiB, or 512Mi as in Kubernetes) or decimal (1GB,
+// 1G); "268435456" is bytes.
+func ParseSize(s string) (int64, error) {
+	num, factor := strings.TrimSpace(s), int64(1)
+	for _, u := range sizeUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, factor = strings.TrimSpace(n), u.factor
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64/factor {
+		return 0, fmt.Errorf("%q is not a size (a whole number of bytes, or with a unit: 256MiB, 1GiB, 512Mi, 1GB)", s)
+	}
+	return v * factor, nil
+}
+
+// FormatSize formats n bytes the way ParseSize reads them, in the
+// largest binary unit that divides it.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		factor int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.factor == 0 {
+			return strconv.FormatInt(n/u.factor, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
 // rawFlag holds a flag's text until it is parsed with the others.
 type rawFlag struct {
 	text   string
@@ -155,6 +212,7 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.duration(&sc.Lifetime, "session-lifetime", sessions.DefaultLifetime, "absolute session lifetime")
 	o.duration(&sc.IdleTimeout, "idle-timeout", sessions.DefaultIdleTimeout, "end a session after this long without a request (at most -session-lifetime)")
 	o.integer(&sc.MaxSessions, "max-sessions", sessions.DefaultMaxSessions, "sessions the in-memory store holds; beyond that the least used one-shot sessions are evicted")
+	o.size(&sc.MaxMemory, "max-memory", sessions.DefaultMaxMemory, "estimated heap the in-memory store's sessions may take, like 256MiB or 1GiB (at least 1MiB); keep it well under the container's memory limit")
 	o.duration(&sc.MaxCookieLifetime, "max-cookie-lifetime", 400*24*time.Hour, "cap on backend cookies' Expires and Max-Age (at most 9600h, 400 days)")
 	o.str(&cfg.passThrough, "pass-through-cookies", "", "comma-separated cookie names that go to the browser untouched, e.g. XSRF-TOKEN,_xsrf")
 	o.boolean(&sc.StripBrowserCookies, "strip-browser-cookies", false, "drop every browser cookie but the session cookie and pass-through cookies")
@@ -291,9 +349,7 @@ func (cfg *Config) finish() []error {
 // unix:p), or "".
 func SocketPath(addr string) string {
 	p := strings.TrimPrefix(addr, "unix:")
-	if strings.HasPrefix(p, "//") {
-		p = p[2:]
-	}
+	p = strings.TrimPrefix(p, "//")
 	return p
 }
 

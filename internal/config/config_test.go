@@ -102,3 +102,45 @@ func TestParseConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestParseMaxMemory(t *testing.T) {
+	lookup := func(env map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	}
+	c, err := Parse(nil, lookup(nil), io.Discard)
+	if err != nil || c.Sessions.MaxMemory != 256<<20 {
+		t.Fatalf("default max memory = %d, %v; want 256 MiB", c.Sessions.MaxMemory, err)
+	}
+	for text, want := range map[string]int64{
+		"1GiB": 1 << 30, "256MiB": 256 << 20, "512Mi": 512 << 20, "1048576": 1 << 20, "2 GB": 2e9,
+		"1G": 1e9, "4096KiB": 4 << 20, "3145728B": 3 << 20,
+	} {
+		c, err := Parse([]string{"-max-memory", text}, lookup(nil), io.Discard)
+		if err != nil || c.Sessions.MaxMemory != want {
+			t.Errorf("-max-memory %s = %d, %v; want %d", text, c.Sessions.MaxMemory, err, want)
+		}
+	}
+	c, err = Parse(nil, lookup(map[string]string{"PROXYSESSION_MAX_MEMORY": "384MiB"}), io.Discard)
+	if err != nil || c.Sessions.MaxMemory != 384<<20 {
+		t.Errorf("PROXYSESSION_MAX_MEMORY=384MiB: %d, %v", c.Sessions.MaxMemory, err)
+	}
+	for text, msg := range map[string]string{
+		"lots":        `-max-memory: "lots" is not a size`,
+		"1.5GiB":      `"1.5GiB" is not a size`,
+		"-5MiB":       `"-5MiB" is not a size`,
+		"99999999TiB": `"99999999TiB" is not a size`,
+		"GiB":         `"GiB" is not a size`,
+		"100KiB":      "max memory 102400 bytes: must be at least 1 MiB",
+		"1MiB 2KB":    `is not a size`,
+	} {
+		_, err := Parse([]string{"-max-memory", text}, lookup(nil), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("-max-memory %s: error %v, want one mentioning %q", text, err, msg)
+		}
+	}
+	var usage strings.Builder
+	Parse([]string{"-help"}, lookup(nil), &usage)
+	if !strings.Contains(usage.String(), "default 256MiB, env PROXYSESSION_MAX_MEMORY") {
+		t.Errorf("usage does not show -max-memory's default and variable:\n%s", usage.String())
+	}
+}
