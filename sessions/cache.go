@@ -22,6 +22,9 @@ const (
 	DefaultMaxCookiesPerDomain  = 180
 	DefaultMaxCookiesPerSession = 300
 	DefaultMaxBytesPerSession   = 32 << 10
+	// DefaultMaxCookieLifetime is also the upper bound of
+	// Config.MaxCookieLifetime: 400 days (RFC 6265bis §5.5).
+	DefaultMaxCookieLifetime = 400 * 24 * time.Hour
 )
 
 // Config configures a Cache. Every zero field takes a secure default.
@@ -289,11 +292,11 @@ func (c *Cache) Check(ctx context.Context) error {
 // Stats returns a snapshot of the Cache's counters.
 func (c *Cache) Stats() Stats {
 	s := c.stats.snapshot()
-	if m, ok := c.store.(interface{ Len() int }); ok {
-		s.SessionsActive = m.Len()
-	}
-	if m, ok := c.store.(interface{ Evictions() uint64 }); ok {
-		s.SessionsEnded[EndEvicted] += m.Evictions()
+	s.Store = StoreStats{Sessions: -1, Bytes: -1}
+	if r, ok := c.store.(StatsReporter); ok {
+		s.Store = r.StoreStats()
+		s.SessionsActive = s.Store.Sessions
+		s.SessionsEnded[EndEvicted] += s.Store.Evictions
 	}
 	return s
 }

@@ -11,7 +11,7 @@ import (
 )
 
 // maxCookieAge is the longest lifetime a cookie may have (RFC 6265bis §5.5).
-const maxCookieAge = 400 * 24 * time.Hour
+const maxCookieAge = DefaultMaxCookieLifetime
 
 // origin is where a request went and how, as the jar sees it.
 type origin struct {

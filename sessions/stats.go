@@ -65,6 +65,34 @@ func (r EndReason) String() string {
 	return "unknown"
 }
 
+// StoreStats are a Store's own counters, for stores that keep them
+// (StatsReporter).
+type StoreStats struct {
+	// Sessions is the number of sessions held, or -1 when the store
+	// cannot count them cheaply (a shared store).
+	Sessions int
+	// Bytes is the estimated heap of the sessions held (the memory
+	// store's byte budget), or -1.
+	Bytes int64
+	// Evictions counts sessions pushed out to make room.
+	Evictions uint64
+	// Failures counts operations that failed (the store was unreachable
+	// or timed out): the requests concerned got 503.
+	Failures uint64
+	// Undecryptable counts records that failed authentication (tampered
+	// with, or corrupt) and were ignored.
+	Undecryptable uint64
+	// Refused counts cookies the store itself refused to keep, enforcing
+	// the per-session limits on writes that raced each other.
+	Refused uint64
+}
+
+// StatsReporter is implemented by stores that count their own events;
+// Cache.Stats includes them.
+type StatsReporter interface {
+	StoreStats() StoreStats
+}
+
 // Stats is a snapshot of a Cache's counters since it was created.
 type Stats struct {
 	SessionsCreated uint64
@@ -73,6 +101,9 @@ type Stats struct {
 	// SessionsActive is the number of sessions the store holds, or -1
 	// when the store cannot count them.
 	SessionsActive int
+	// Store are the store's own counters (all zero, Sessions and Bytes
+	// -1, for a store that is not a StatsReporter).
+	Store StoreStats
 	// UnknownSessionIDs counts session cookies presented with an id that
 	// is malformed, unknown, evicted or expired.
 	UnknownSessionIDs uint64

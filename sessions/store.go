@@ -307,3 +307,10 @@ func (m *MemoryStore) Bytes() int64 {
 
 // Evictions returns how many sessions were pushed out to make room.
 func (m *MemoryStore) Evictions() uint64 { return m.evictions.Load() }
+
+// StoreStats implements StatsReporter.
+func (m *MemoryStore) StoreStats() StoreStats {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return StoreStats{Sessions: len(m.index), Bytes: m.bytes, Evictions: m.evictions.Load()}
+}

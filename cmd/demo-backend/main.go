@@ -15,11 +15,12 @@ import (
 	"time"
 
 	"github.com/proxysession/proxysession/internal/demo"
+	"github.com/proxysession/proxysession/sessions"
 )
 
 func main() {
 	addr := flag.String("addr", envOr("DEMO_ADDR", ":8081"), "listen address [$DEMO_ADDR]")
-	proxyCookie := flag.String("proxy-cookie", envOr("DEMO_PROXY_COOKIE", "__Host-proxysession"), "proxysession's session cookie name, shown on the page [$DEMO_PROXY_COOKIE]")
+	proxyCookie := flag.String("proxy-cookie", envOr("DEMO_PROXY_COOKIE", sessions.DefaultCookieName), "proxysession's session cookie name, shown on the page [$DEMO_PROXY_COOKIE]")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	srv := &http.Server{Addr: *addr, Handler: demo.New(*proxyCookie), ReadHeaderTimeout: 5 * time.Second}

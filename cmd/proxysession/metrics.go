@@ -16,6 +16,7 @@ type sessionsCollector struct {
 	stored, deleted, evicted, passed   *prometheus.Desc
 	rejected                           *prometheus.Desc
 	storeFailures, undecryptable       *prometheus.Desc
+	storeRefused, storeBytes           *prometheus.Desc
 }
 
 func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
@@ -36,11 +37,13 @@ func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
 		rejected:      d("cookies_rejected_total", "Backend cookies rejected, by reason (RFC 6265bis rule or session policy).", "reason"),
 		storeFailures: d("store_failures_total", "Operations of the shared session store that failed (timeouts, Redis down); the requests concerned got 503."),
 		undecryptable: d("store_undecryptable_records_total", "Records of the shared session store that failed authentication (tampered with, or corrupt) and were ignored."),
+		storeRefused:  d("store_refused_cookies_total", "Cookies the shared session store refused to keep, enforcing the per-session limits on parallel writes."),
+		storeBytes:    d("store_bytes", "Estimated heap of the sessions the memory store holds; bounded by -max-memory."),
 	}
 }
 
 func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.conflicts, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.storeFailures, c.undecryptable} {
+	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.conflicts, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.storeFailures, c.undecryptable, c.storeRefused, c.storeBytes} {
 		ch <- d
 	}
 }
@@ -66,11 +69,10 @@ func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range s.CookiesRejected {
 		counter(c.rejected, n, reason.String())
 	}
-	if st, ok := c.cache.Store().(interface {
-		Failures() uint64
-		Undecryptable() uint64
-	}); ok {
-		counter(c.storeFailures, st.Failures())
-		counter(c.undecryptable, st.Undecryptable())
+	counter(c.storeFailures, s.Store.Failures)
+	counter(c.undecryptable, s.Store.Undecryptable)
+	counter(c.storeRefused, s.Store.Refused)
+	if s.Store.Bytes >= 0 {
+		ch <- prometheus.MustNewConstMetric(c.storeBytes, prometheus.GaugeValue, float64(s.Store.Bytes))
 	}
 }

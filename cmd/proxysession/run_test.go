@@ -202,6 +202,9 @@ func TestServeEndToEnd(t *testing.T) {
 		`proxysession_cookies_rejected_total{reason="public_suffix"} 0`,
 		`proxysession_sessions_ended_total{reason="idle"} 0`,
 		`proxysession_processing_seconds_count{phase="request_headers"} 2`,
+		"proxysession_session_conflicts_total 0",
+		"proxysession_store_refused_cookies_total 0",
+		"proxysession_store_bytes ",
 		"go_goroutines",
 	} {
 		if !strings.Contains(metrics, want) {

@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/proxysession/proxysession/sessions"
+	"github.com/proxysession/proxysession/sessions/redisstore"
 )
 
 // Config is the validated configuration of the binary.
@@ -213,7 +214,7 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.duration(&sc.IdleTimeout, "idle-timeout", sessions.DefaultIdleTimeout, "end a session after this long without a request (at most -session-lifetime)")
 	o.integer(&sc.MaxSessions, "max-sessions", sessions.DefaultMaxSessions, "sessions the in-memory store holds; beyond that the least used one-shot sessions are evicted")
 	o.size(&sc.MaxMemory, "max-memory", sessions.DefaultMaxMemory, "estimated heap the in-memory store's sessions may take, like 256MiB or 1GiB (at least 1MiB); keep it well under the container's memory limit")
-	o.duration(&sc.MaxCookieLifetime, "max-cookie-lifetime", 400*24*time.Hour, "cap on backend cookies' Expires and Max-Age (at most 9600h, 400 days)")
+	o.duration(&sc.MaxCookieLifetime, "max-cookie-lifetime", sessions.DefaultMaxCookieLifetime, "cap on backend cookies' Expires and Max-Age (at most 9600h, 400 days)")
 	o.str(&cfg.passThrough, "pass-through-cookies", "", "comma-separated cookie names that go to the browser untouched, e.g. XSRF-TOKEN,_xsrf")
 	o.boolean(&sc.StripBrowserCookies, "strip-browser-cookies", false, "drop every browser cookie but the session cookie and pass-through cookies")
 	o.boolean(&sc.TrustForwardedProto, "trust-forwarded-proto", false, "with -cookie-secure=false only: take the browser-facing scheme from X-Forwarded-Proto (a Secure session cookie makes every browser-facing origin https)")
@@ -230,8 +231,8 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.str(&cfg.Redis.TLSCA, "redis-tls-ca", "", "PEM CA bundle to verify Redis's certificate (default: the system's)")
 	o.str(&cfg.Redis.SentinelMaster, "redis-sentinel-master", "", "Redis Sentinel master name; -redis-addr lists the sentinels")
 	o.boolean(&cfg.Redis.Cluster, "redis-cluster", false, "Redis Cluster, even with a single -redis-addr (a configuration endpoint)")
-	o.duration(&cfg.Redis.Timeout, "redis-timeout", 100*time.Millisecond, "bound on each Redis operation; keep it well under Envoy's message_timeout (200ms)")
-	o.str(&cfg.Redis.KeyPrefix, "redis-key-prefix", "proxysession:", "prefix of proxysession's Redis keys")
+	o.duration(&cfg.Redis.Timeout, "redis-timeout", redisstore.DefaultTimeout, "bound on each Redis operation; keep it well under Envoy's message_timeout (200ms)")
+	o.str(&cfg.Redis.KeyPrefix, "redis-key-prefix", redisstore.DefaultKeyPrefix, "prefix of proxysession's Redis keys")
 	o.str(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	o.str(&cfg.rawLogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	o.str(&cfg.TLSCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")

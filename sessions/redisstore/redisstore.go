@@ -62,7 +62,7 @@ type Options struct {
 	// Defaults sessions.DefaultMaxCookiesPerSession and
 	// sessions.DefaultMaxBytesPerSession.
 	MaxCookies, MaxBytes int
-	// KeyPrefix starts every key. Default "proxysession:".
+	// KeyPrefix starts every key. Default DefaultKeyPrefix.
 	KeyPrefix string
 	// Timeout bounds each store operation; keep it well under Envoy's
 	// message_timeout (200ms by default). Default 100ms.
@@ -73,6 +73,15 @@ type Options struct {
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
+
+// Defaults for Options fields left zero.
+const (
+	// DefaultKeyPrefix starts every key proxysession writes.
+	DefaultKeyPrefix = "proxysession:"
+	// DefaultTimeout bounds each store operation: well under Envoy's
+	// default ext_proc message_timeout of 200ms.
+	DefaultTimeout = 100 * time.Millisecond
+)
 
 // Store is a sessions.Store on Redis.
 type Store struct {
@@ -99,10 +108,10 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		opts.MaxBytes = sessions.DefaultMaxBytesPerSession
 	}
 	if opts.KeyPrefix == "" {
-		opts.KeyPrefix = "proxysession:"
+		opts.KeyPrefix = DefaultKeyPrefix
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 100 * time.Millisecond
+		opts.Timeout = DefaultTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -540,6 +549,15 @@ func (s *Store) Ping(ctx context.Context) error {
 		return s.failed("ping", err)
 	}
 	return nil
+}
+
+// StoreStats implements sessions.StatsReporter. Redis holds the
+// sessions of every replica, so it does not count them.
+func (s *Store) StoreStats() sessions.StoreStats {
+	return sessions.StoreStats{
+		Sessions: -1, Bytes: -1,
+		Failures: s.failures.Load(), Undecryptable: s.undecryptable.Load(), Refused: s.refused.Load(),
+	}
 }
 
 // Undecryptable returns how many records failed authentication.
