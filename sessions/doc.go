@@ -13,20 +13,63 @@
 // public suffix list, Secure and the __Secure-/__Host- prefixes, SameSite
 // from the Fetch Metadata headers, and per-domain and per-session limits.
 //
-// A Cache is the engine. Proxies that are Go http.Handlers wrap their
-// handler with Cache.SessionHandler, the API of the inverting proxy's
-// sessions package from which this one grew:
+// # Go proxies
 //
-//	c := sessions.NewCache("proxy-session", 24*time.Hour, 10000, false)
+// A Cache is the engine. Proxies that are Go http.Handlers wrap their
+// handler with Cache.SessionHandler:
+//
+//	c, err := sessions.New(sessions.Config{
+//		Lifetime:    8 * time.Hour,
+//		IdleTimeout: 30 * time.Minute,
+//		PassThrough: []string{"XSRF-TOKEN"},
+//	})
+//	if err != nil {
+//		return err
+//	}
 //	http.ListenAndServeTLS(addr, cert, key, c.SessionHandler(backend, nil))
 //
-// Other proxies (proxysession's Envoy ext_proc server) call Cache.Expand
-// for each request and Cache.Capture for its response. Sessions live in a
-// Store: by default a bounded, scan-resistant MemoryStore.
+// Every zero field of Config takes a secure default. NewCache keeps the
+// API of the inverting proxy's agent/sessions package, from which this
+// one grew: NewCache(cookieName, lifetime, maxSessions, disableSSLForTest).
 //
-// Security properties: session ids are 256 random bits (a lookup key and a
-// secret); only ids the Cache issued are accepted, so a client cannot fix
-// a session; sessions are created only when a backend sets a cookie; they
-// end after an absolute lifetime, an idle timeout, or a backend's
-// Clear-Site-Data: "cookies". Logs never contain cookie values or ids.
+// # Other proxies
+//
+// Proxies that are not Go handlers (proxysession's Envoy ext_proc server)
+// call Cache.Expand for each request and Cache.Capture for its response:
+//
+//	var x sessions.Exchange
+//	err := c.Expand(ctx, &sessions.Request{Scheme: "https", Host: host, Path: path, Method: method, Cookies: cookieHeaders}, &x)
+//	// forward with x.Cookie as the Cookie header if x.RewriteCookie
+//	edit, err := c.Capture(ctx, &x, &sessions.Response{SetCookie: setCookies, ClearSiteData: csd, CacheControl: cc})
+//	// remove Set-Cookie if edit.RemoveSetCookie, add edit.SetCookie,
+//	// set Cache-Control to edit.CacheControl if not empty
+//
+// An error from either means the store failed: the proxy must answer 503
+// rather than forward a request without its cookies or a response with
+// them.
+//
+// # Stores
+//
+// Sessions live in a Store (Find, Commit, Delete; "not found" is nil, nil,
+// not an error): by default a MemoryStore, bounded in sessions and bytes
+// and resistant to floods. Stores that serialise sessions get the
+// per-cookie Changes of each exchange, so parallel requests of one session
+// never undo each other's writes; package redisstore is such a store, on
+// Redis or Valkey:
+//
+//	client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{"redis:6379"}})
+//	cfg, _ := sessions.Config{}.WithDefaults()
+//	store, _ := redisstore.New(client, redisstore.Options{Lifetime: cfg.Lifetime, IdleTimeout: cfg.IdleTimeout})
+//	c, err := sessions.New(sessions.Config{Store: store})
+//
+// # Security
+//
+// Session ids are 256 random bits (a lookup key and a secret); only ids
+// the Cache issued are accepted, so a client cannot fix a session;
+// sessions are created only when a backend sets a cookie; they end after
+// an absolute lifetime, an idle timeout, or a backend's Clear-Site-Data:
+// "cookies". With a Secure session cookie (the default) the
+// browser-facing origin counts as secure whatever the last hop's scheme.
+// Logs never contain cookie values or ids. The project's docs/security.md
+// has the whole model.
 package sessions
