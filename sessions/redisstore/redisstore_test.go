@@ -16,6 +16,7 @@ import (
 	"github.com/proxysession/proxysession/internal/redistest"
 	"github.com/proxysession/proxysession/sessions"
 	"github.com/proxysession/proxysession/sessions/redisstore"
+	"github.com/proxysession/proxysession/sessions/storetest"
 )
 
 // roundTrips counts the client's round trips to Redis.
@@ -35,24 +36,6 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 		c.n.Add(1)
 		return next(ctx, cmds)
 	}
-}
-
-// clock is a settable clock shared by the Cache and the store.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
 }
 
 // replica is one proxysession replica's engine on a shared Redis.
@@ -126,11 +109,7 @@ func (r *replica) exchange(t testing.TB, browser map[string]string, path string,
 }
 
 func (r *replica) try(browser map[string]string, path string, setCookies ...string) (*sessions.Exchange, error) {
-	var pairs []string
-	for k, v := range browser {
-		pairs = append(pairs, k+"="+v)
-	}
-	req := &sessions.Request{Scheme: "https", Host: "app.test", Path: path, Cookies: []string{strings.Join(pairs, "; ")}}
+	req := &sessions.Request{Scheme: "https", Host: "app.test", Path: path, Cookies: storetest.BrowserJar(browser).Header()}
 	var x sessions.Exchange
 	if err := r.cache.Expand(context.Background(), req, &x); err != nil {
 		return nil, err
@@ -288,7 +267,7 @@ func TestParallelWritesToOneSession(t *testing.T) {
 // and are deleted on the next write.
 func TestExpiry(t *testing.T) {
 	srv := redistest.Start(t)
-	clk := &clock{now: time.Now()}
+	clk := storetest.NewClock(time.Now())
 	r := newReplica(t, srv.Addr, setup{lifetime: 10 * time.Hour, idle: time.Hour, now: clk.Now})
 	browser := map[string]string{}
 	r.exchange(t, browser, "/login", "sid=1", "short=1; Max-Age=60")

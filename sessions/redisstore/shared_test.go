@@ -2,7 +2,6 @@ package redisstore_test
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"maps"
 	"slices"
@@ -13,17 +12,14 @@ import (
 
 	"github.com/proxysession/proxysession/internal/redistest"
 	"github.com/proxysession/proxysession/sessions"
+	"github.com/proxysession/proxysession/sessions/storetest"
 )
 
 // expandOnly runs the request half of an exchange: the response comes
 // later, with respond.
 func (r *replica) expandOnly(t testing.TB, browser map[string]string, path string) *sessions.Exchange {
 	t.Helper()
-	var pairs []string
-	for k, v := range browser {
-		pairs = append(pairs, k+"="+v)
-	}
-	req := &sessions.Request{Scheme: "https", Host: "app.test", Path: path, Cookies: []string{strings.Join(pairs, "; ")}}
+	req := &sessions.Request{Scheme: "https", Host: "app.test", Path: path, Cookies: storetest.BrowserJar(browser).Header()}
 	var x sessions.Exchange
 	if err := r.cache.Expand(context.Background(), req, &x); err != nil {
 		t.Fatal(err)
@@ -52,7 +48,7 @@ func sessionKey(t testing.TB, r *replica) string {
 // copy of tok, now expired. B's fresh tok must survive.
 func TestPurgeDoesNotUndoAParallelRefresh(t *testing.T) {
 	srv := redistest.Start(t)
-	clk := &clock{now: time.Now()}
+	clk := storetest.NewClock(time.Now())
 	a := newReplica(t, srv.Addr, setup{now: clk.Now})
 	b := a.sibling(t)
 	browser := map[string]string{}
@@ -226,29 +222,13 @@ func BenchmarkThirtyThousandSetCookies(b *testing.B) {
 	}
 }
 
-// wrongSecret returns the id of a session cookie value with its lookup
-// half kept and its secret half changed.
-func wrongSecret(t testing.TB, cookieValue string) sessions.ID {
-	t.Helper()
-	raw, err := base64.RawURLEncoding.DecodeString(cookieValue)
-	if err != nil || len(raw) != 32 {
-		t.Fatalf("session cookie %q: %v", cookieValue, err)
-	}
-	raw[20] ^= 1
-	id, ok := sessions.ParseID(base64.RawURLEncoding.EncodeToString(raw))
-	if !ok {
-		t.Fatal("ParseID")
-	}
-	return id
-}
-
 // TestWrongSecretTouchesNothing: an id with the right lookup half and a
 // wrong secret finds nothing and changes nothing: not the last-seen time
 // nor the expiry (Find), not the session's existence (Delete), not its
 // fields (Commit).
 func TestWrongSecretTouchesNothing(t *testing.T) {
 	srv := redistest.Start(t)
-	clk := &clock{now: time.Now()}
+	clk := storetest.NewClock(time.Now())
 	r := newReplica(t, srv.Addr, setup{now: clk.Now})
 	browser := map[string]string{}
 	r.exchange(t, browser, "/login", "sid=1", "prefs=2")
@@ -258,7 +238,7 @@ func TestWrongSecretTouchesNothing(t *testing.T) {
 	if !ok {
 		t.Fatal("no session cookie")
 	}
-	wrong := wrongSecret(t, browser[sessions.DefaultCookieName])
+	wrong := storetest.WrongSecret(t, right)
 	snapshot := func() (map[string]string, time.Duration) {
 		h, err := r.client.HGetAll(ctx, key).Result()
 		if err != nil {
@@ -311,7 +291,7 @@ func TestWrongSecretTouchesNothing(t *testing.T) {
 // oldest here, and keeps serving: no request or response fails.
 func TestFullRedisEvictsSessions(t *testing.T) {
 	srv := redistest.Start(t, "--maxmemory", "4mb", "--maxmemory-policy", "volatile-ttl")
-	clk := &clock{now: time.Now()}
+	clk := storetest.NewClock(time.Now())
 	r := newReplica(t, srv.Addr, setup{now: clk.Now})
 	value := strings.Repeat("v", 400)
 	var browsers []map[string]string
