@@ -462,14 +462,7 @@ func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Sess
 		c.stats.unknownSessionIDs.Add(1)
 		return nil, nil
 	}
-	reason := EndReason(numEndReasons)
-	switch {
-	case now >= s.created+c.lifetime:
-		reason = EndExpired
-	case now >= s.lastSeen.Load()+c.idleTimeout:
-		reason = EndIdle
-	}
-	if reason != numEndReasons {
+	if reason := c.endReason(s, now); reason != notEnded {
 		c.stats.unknownSessionIDs.Add(1)
 		if err := c.store.Delete(ctx, id); err != nil {
 			return nil, fmt.Errorf("ending session: %w", err)
@@ -480,6 +473,18 @@ func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Sess
 	}
 	s.lastSeen.Store(now)
 	return s, nil
+}
+
+// endReason says why s, found at now, has ended: EndExpired, EndIdle, or
+// notEnded.
+func (c *Cache) endReason(s *Session, now int64) EndReason {
+	switch {
+	case now >= s.created+c.lifetime:
+		return EndExpired
+	case now >= s.lastSeen.Load()+c.idleTimeout:
+		return EndIdle
+	}
+	return notEnded
 }
 
 // cookieHeader builds the Cookie header for the backend: the jar's
@@ -622,69 +627,26 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 	}
 
 	edit.RemoveSetCookie = len(resp.SetCookie) > 0
-	s, created := x.session, false
 	var ch Changes
 	journal := &ch
 	if _, live := c.store.(liveStore); live {
 		journal = nil // changes to a live session are stored as they happen
 	}
-	func() {
-		if s != nil && len(resp.SetCookie) > 0 {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-		}
-		for _, line := range resp.SetCookie {
-			sc, reason := parseSetCookie(line)
-			switch {
-			case reason != RejectNone:
-			case c.isPassThrough(sc.name):
-				edit.SetCookie = append(edit.SetCookie, line)
-				c.stats.cookiesPassed.Add(1)
-				continue
-			case sc.name == c.cfg.CookieName:
-				reason = RejectSessionName
-			case ended:
-				reason = RejectSessionEnded
-			case x.conflict:
-				reason = RejectSessionConflict
-			}
-			if reason != RejectNone {
-				c.reject(ctx, reason, sc.name)
-				continue
-			}
-			if s == nil {
-				// A new session is not visible to other exchanges until
-				// it is committed, so it needs no lock.
-				s, created = newSession(newID(), now), true
-				ch.New = true
-			}
-			c.storeCookie(ctx, s, &sc, &x.origin, now, journal)
-		}
-		if st, ok := c.store.(sizeTracker); ok && !created && s != nil && len(resp.SetCookie) > 0 {
-			st.resized(s) // a live session's jar changed size; s.mu is held
-		}
-	}()
-
+	s, created := c.captureCookies(ctx, x, resp.SetCookie, ended, now, journal, &edit)
 	if created && len(s.cookies) == 0 {
 		// Nothing was stored (every cookie deleted or rejected): no session.
 		created, ch = false, Changes{}
 	}
+	ch.New = created
+	if err := c.commit(ctx, s, created, &ch, journal != nil); err != nil {
+		return ResponseEdit{}, err
+	}
 	proxyCookie := false
-	switch {
-	case created:
-		if err := c.store.Commit(ctx, s, &ch); err != nil {
-			return ResponseEdit{}, fmt.Errorf("creating session: %w", err)
-		}
-		c.stats.sessionsCreated.Add(1)
+	if created {
 		x.session, x.stale = s, false
 		edit.SetCookie = append(edit.SetCookie, c.cfg.CookieName+"="+s.id.CookieValue()+c.sessionCookieAttrs)
 		proxyCookie = true
-	case s != nil && journal != nil && !ch.Empty():
-		if err := c.store.Commit(ctx, s, &ch); err != nil {
-			return ResponseEdit{}, fmt.Errorf("saving session: %w", err)
-		}
-	}
-	if !created && (x.stale || ended) {
+	} else if x.stale || ended {
 		edit.SetCookie = append(edit.SetCookie, c.expiredCookie)
 		x.stale, proxyCookie = false, true
 	}
@@ -695,6 +657,67 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 		edit.CacheControl = privateCacheControl(resp.CacheControl)
 	}
 	return edit, nil
+}
+
+// captureCookies stores the cookies of a response's Set-Cookie lines in
+// the session of x, holding its lock, or else in a new session, which it
+// returns with created set. Pass-through cookies go to edit instead. The
+// session cookie's name is refused, and so is every cookie when the
+// response ended the session (ended) or the request carried two sessions.
+// Changes are recorded in journal when it is not nil.
+func (c *Cache) captureCookies(ctx context.Context, x *Exchange, lines []string, ended bool, now int64, journal *Changes, edit *ResponseEdit) (s *Session, created bool) {
+	s = x.session
+	if s != nil && len(lines) > 0 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+	}
+	for _, line := range lines {
+		sc, reason := parseSetCookie(line)
+		switch {
+		case reason != RejectNone:
+		case c.isPassThrough(sc.name):
+			edit.SetCookie = append(edit.SetCookie, line)
+			c.stats.cookiesPassed.Add(1)
+			continue
+		case sc.name == c.cfg.CookieName:
+			reason = RejectSessionName
+		case ended:
+			reason = RejectSessionEnded
+		case x.conflict:
+			reason = RejectSessionConflict
+		}
+		if reason != RejectNone {
+			c.reject(ctx, reason, sc.name)
+			continue
+		}
+		if s == nil {
+			// A new session is not visible to other exchanges until
+			// it is committed, so it needs no lock.
+			s, created = newSession(newID(), now), true
+		}
+		c.storeCookie(ctx, s, &sc, &x.origin, now, journal)
+	}
+	if st, ok := c.store.(sizeTracker); ok && !created && s != nil && len(lines) > 0 {
+		st.resized(s) // a live session's jar changed size; s.mu is held
+	}
+	return s, created
+}
+
+// commit stores a new session, or the journal of an existing one's
+// changes when the store keeps one (journaled) and there are any.
+func (c *Cache) commit(ctx context.Context, s *Session, created bool, ch *Changes, journaled bool) error {
+	switch {
+	case created:
+		if err := c.store.Commit(ctx, s, ch); err != nil {
+			return fmt.Errorf("creating session: %w", err)
+		}
+		c.stats.sessionsCreated.Add(1)
+	case s != nil && journaled && !ch.Empty():
+		if err := c.store.Commit(ctx, s, ch); err != nil {
+			return fmt.Errorf("saving session: %w", err)
+		}
+	}
+	return nil
 }
 
 // storeCookie stores one parsed backend cookie in s (locked) and counts

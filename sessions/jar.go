@@ -43,6 +43,11 @@ type storeResult struct {
 // setCookie applies the storage model of RFC 6265bis §5.7 to one parsed
 // Set-Cookie received from o at now (UnixNano). Changes go to ch when it
 // is not nil. The caller holds s.mu.
+//
+// The steps follow the RFC's order, which decides the reason a cookie
+// that breaks several rules is rejected for: the cookie's expiry, its
+// domain, its path, the rules of Secure, SameSite and the name prefixes,
+// and storage.
 func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits, ch *Changes) storeResult {
 	if o.host == "" {
 		return storeResult{reject: RejectNoHost}
@@ -50,85 +55,34 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 	if sc.name == "" && hasSecurePrefix(sc.value) {
 		return storeResult{reject: RejectPrefix}
 	}
-
-	c := Cookie{created: now, expires: noExpiry, accessed: unixSeconds(now), sameSite: sc.sameSite}
-	switch {
-	case sc.hasMaxAge:
-		c.flags |= flagPersistent
-		if sc.maxAge <= 0 {
-			c.expires = 0
-		} else {
-			c.expires = now + min(sc.maxAge, lim.maxLifetime/int64(time.Second))*int64(time.Second)
-		}
-	case sc.hasExpires:
-		c.flags |= flagPersistent
-		c.expires = now + lim.maxLifetime
-		switch {
-		case sc.expires.Before(time.Unix(0, 0)):
-			c.expires = 0 // UnixNano is undefined before 1678
-		case sc.expires.Before(time.Unix(0, c.expires)):
-			c.expires = sc.expires.UnixNano()
-		}
+	c := Cookie{created: now, accessed: unixSeconds(now), sameSite: sc.sameSite}
+	c.expires, c.flags = cookieExpiry(sc, now, lim.maxLifetime)
+	domain, hostOnly, reject := cookieDomain(sc.domain, o.host)
+	if reject != RejectNone {
+		return storeResult{reject: reject}
 	}
-
-	domain := sc.domain
-	if domain != "" {
-		if !isASCII(domain) {
-			return storeResult{reject: RejectDomainNotASCII}
-		}
-		if ps, _ := publicsuffix.PublicSuffix(domain); ps == domain {
-			if domain != o.host {
-				return storeResult{reject: RejectPublicSuffix}
-			}
-			domain = ""
-		}
+	path, reject := cookiePath(sc, o.path)
+	if reject != RejectNone {
+		return storeResult{reject: reject}
 	}
-	if domain != "" {
-		if !domainMatch(o.host, domain) {
-			return storeResult{reject: RejectDomainMismatch}
-		}
-	} else {
+	if reject := s.checkSecure(sc, o, domain, path); reject != RejectNone {
+		return storeResult{reject: reject}
+	}
+	if reject := checkSameSite(sc, o); reject != RejectNone {
+		return storeResult{reject: reject}
+	}
+	if reject := checkPrefixes(sc, hostOnly, path); reject != RejectNone {
+		return storeResult{reject: reject}
+	}
+	if hostOnly {
 		c.flags |= flagHostOnly
-		domain = o.host
-	}
-	path := sc.path
-	if path == "" {
-		path = defaultPath(o.path)
-	}
-	if len(path) > maxAttrValueBytes {
-		// A Path attribute is at most 1024 bytes (§5.6), but the default
-		// path of a request path is not bounded: a crafted long request
-		// path would cost the store that many bytes per cookie. No real
-		// application has such a directory.
-		return storeResult{reject: RejectPathTooLong}
 	}
 	if sc.secure {
 		c.flags |= flagSecure
-		if !o.secure {
-			return storeResult{reject: RejectSecureFromInsecure}
-		}
-	} else if !o.secure && s.shadowsSecure(sc.name, domain, path) {
-		return storeResult{reject: RejectOverwritesSecure}
 	}
 	if sc.httpOnly {
 		c.flags |= flagHTTPOnly
 	}
-	if sc.sameSite == SameSiteNone && !sc.secure {
-		// Browsers ignore these (§5.7): sent cross-site without Secure,
-		// the cookie would ride along on plain-http cross-site requests.
-		return storeResult{reject: RejectSameSiteNoneInsecure}
-	}
-	if sc.sameSite != SameSiteNone && o.crossSite && !o.topLevelNav {
-		return storeResult{reject: RejectCrossSite}
-	}
-	if hasPrefixFold(sc.name, "__Secure-") && !sc.secure {
-		return storeResult{reject: RejectPrefix}
-	}
-	if hasPrefixFold(sc.name, "__Host-") &&
-		(!sc.secure || c.flags&flagHostOnly == 0 || !sc.hasPath || path != "/") {
-		return storeResult{reject: RejectPrefix}
-	}
-
 	if sc.name == "" {
 		c.pair = strings.Clone(sc.value)
 	} else {
@@ -136,10 +90,125 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 		c.nameLen = uint16(len(sc.name))
 	}
 	c.scope = unique.Make(scope{domain: domain, path: path})
+	return s.put(&c, now, lim, ch)
+}
 
+// cookieExpiry returns the expiry time (UnixNano) of a cookie that sc
+// sets at now, and flagPersistent if Max-Age or Expires gave it one:
+// Max-Age wins over Expires, and both are capped at maxLifetime (§5.5).
+// A cookie without either expires at noExpiry, when the session ends.
+func cookieExpiry(sc *setCookie, now, maxLifetime int64) (int64, cookieFlags) {
+	switch {
+	case sc.hasMaxAge:
+		if sc.maxAge <= 0 {
+			return 0, flagPersistent
+		}
+		return now + min(sc.maxAge, maxLifetime/int64(time.Second))*int64(time.Second), flagPersistent
+	case sc.hasExpires:
+		expires := now + maxLifetime
+		switch {
+		case sc.expires.Before(time.Unix(0, 0)):
+			expires = 0 // UnixNano is undefined before 1678
+		case sc.expires.Before(time.Unix(0, expires)):
+			expires = sc.expires.UnixNano()
+		}
+		return expires, flagPersistent
+	}
+	return noExpiry, 0
+}
+
+// cookieDomain returns the domain of a cookie whose Domain attribute is
+// attr, set by a response for host, and whether it is host-only: a
+// Domain must be ASCII, must not be a public suffix other than the host
+// itself (which makes the cookie host-only), and must domain-match the
+// host. Without one, the cookie is host-only.
+func cookieDomain(attr, host string) (domain string, hostOnly bool, reject RejectReason) {
+	if attr != "" {
+		if !isASCII(attr) {
+			return "", false, RejectDomainNotASCII
+		}
+		if ps, _ := publicsuffix.PublicSuffix(attr); ps == attr {
+			if attr != host {
+				return "", false, RejectPublicSuffix
+			}
+			attr = ""
+		}
+	}
+	if attr == "" {
+		return host, true, RejectNone
+	}
+	if !domainMatch(host, attr) {
+		return "", false, RejectDomainMismatch
+	}
+	return attr, false, RejectNone
+}
+
+// cookiePath returns the path of a cookie: its Path attribute, or the
+// default path of the request path.
+func cookiePath(sc *setCookie, requestPath string) (string, RejectReason) {
+	path := sc.path
+	if path == "" {
+		path = defaultPath(requestPath)
+	}
+	if len(path) > maxAttrValueBytes {
+		// A Path attribute is at most 1024 bytes (§5.6), but the default
+		// path of a request path is not bounded: a crafted long request
+		// path would cost the store that many bytes per cookie. No real
+		// application has such a directory.
+		return "", RejectPathTooLong
+	}
+	return path, RejectNone
+}
+
+// checkSecure applies the rules of the Secure attribute: a Secure cookie
+// only from a secure origin, and no cookie from an insecure one that
+// would shadow a Secure cookie (§5.7 step 16).
+func (s *Session) checkSecure(sc *setCookie, o *origin, domain, path string) RejectReason {
+	switch {
+	case sc.secure && !o.secure:
+		return RejectSecureFromInsecure
+	case !sc.secure && !o.secure && s.shadowsSecure(sc.name, domain, path):
+		return RejectOverwritesSecure
+	}
+	return RejectNone
+}
+
+// checkSameSite applies the rules of the SameSite attribute: SameSite=None
+// needs Secure, and a cross-site request other than a top-level
+// navigation sets no SameSite cookie.
+func checkSameSite(sc *setCookie, o *origin) RejectReason {
+	switch {
+	case sc.sameSite == SameSiteNone && !sc.secure:
+		// Browsers ignore these (§5.7): sent cross-site without Secure,
+		// the cookie would ride along on plain-http cross-site requests.
+		return RejectSameSiteNoneInsecure
+	case sc.sameSite != SameSiteNone && o.crossSite && !o.topLevelNav:
+		return RejectCrossSite
+	}
+	return RejectNone
+}
+
+// checkPrefixes applies the rules of the cookie name prefixes: a
+// __Secure- cookie is Secure, and a __Host- cookie is Secure, host-only
+// and set with Path=/.
+func checkPrefixes(sc *setCookie, hostOnly bool, path string) RejectReason {
+	switch {
+	case hasPrefixFold(sc.name, "__Secure-") && !sc.secure:
+		return RejectPrefix
+	case hasPrefixFold(sc.name, "__Host-") && (!sc.secure || !hostOnly || !sc.hasPath || path != "/"):
+		return RejectPrefix
+	}
+	return RejectNone
+}
+
+// put stores c in the jar (§5.7 steps 23 and 24). It replaces the cookie
+// of the same name, domain and path, keeping its creation time, or
+// deletes that cookie if c arrived expired; a new cookie goes in at its
+// place in retrieval order. Then the jar's limits are enforced.
+func (s *Session) put(c *Cookie, now int64, lim *jarLimits, ch *Changes) storeResult {
 	replace := -1
 	for i := range s.cookies {
-		if s.cookies[i].sameIdentity(&c) {
+		if s.cookies[i].sameIdentity(c) {
 			replace = i
 			c.created = s.cookies[i].created
 			break
@@ -153,25 +222,25 @@ func (s *Session) setCookie(sc *setCookie, o *origin, now int64, lim *jarLimits,
 			s.removeAt(replace)
 		}
 		if ch != nil {
-			ch.delete(&c)
+			ch.delete(c)
 		}
 		return storeResult{deleted: true}
 	}
 	if replace >= 0 {
 		// Same identity, so same path and creation time: same place.
-		s.cookies[replace] = c
+		s.cookies[replace] = *c
 	} else {
 		// Creation times order cookies of equal path length, so they must
 		// be unique within the jar.
 		for i := range s.cookies {
 			c.created = max(c.created, s.cookies[i].created+1)
 		}
-		s.insert(c)
+		s.insert(*c)
 	}
 	if ch != nil {
-		ch.store(&c)
+		ch.store(c)
 	}
-	return storeResult{stored: true, evicted: s.enforceLimits(domain, now, lim, ch)}
+	return storeResult{stored: true, evicted: s.enforceLimits(c.Domain(), now, lim, ch)}
 }
 
 // shadowsSecure reports whether a non-secure cookie with this name, domain

@@ -55,6 +55,10 @@ const (
 	numEndReasons
 )
 
+// notEnded is no EndReason: the session goes on. It is not counted, and
+// its String is "unknown".
+const notEnded = numEndReasons
+
 var endNames = [numEndReasons]string{"expired", "idle", "evicted", "logout"}
 
 // String returns the reason as a metric label value, e.g. "idle".

@@ -61,7 +61,9 @@ type Redis struct {
 	Cluster            bool
 	Timeout            time.Duration // per operation
 	KeyPrefix          string
-	rawAddrs           string
+	// WaitReplicas is how many replicas each write waits for (WAIT).
+	WaitReplicas int
+	rawAddrs     string
 }
 
 // Default listen addresses.
@@ -203,8 +205,28 @@ func (r *rawFlag) IsBoolFlag() bool { return r.isBool }
 // flag.ErrHelp after writing the usage to usageOut for -help.
 func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Writer) (*Config, error) {
 	cfg := &Config{}
+	o := cfg.options()
+	fs, raw := o.flagSet(usageOut)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	var errs []error
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	errs = append(errs, o.parseAll(raw, lookupEnv)...)
+	errs = append(errs, cfg.finish()...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// options declares the settings, in the order of the usage, each parsed
+// into its field of cfg.
+func (cfg *Config) options() *options {
 	sc := &cfg.Sessions
-	var o options
+	o := &options{}
 	o.str(&cfg.GRPCAddr, "grpc-addr", DefaultGRPCAddr, "ext_proc gRPC listen address: host:port, or unix:///path/to.sock for a socket shared with Envoy")
 	o.str(&cfg.AdminAddr, "admin-addr", DefaultAdminAddr, "admin HTTP listen address for /healthz, /readyz and /metrics")
 	o.str(&sc.CookieName, "cookie-name", "", "session cookie name (default "+sessions.DefaultCookieName+", or "+sessions.DefaultInsecureCookieName+" with -cookie-secure=false)")
@@ -233,6 +255,7 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.boolean(&cfg.Redis.Cluster, "redis-cluster", false, "Redis Cluster, even with a single -redis-addr (a configuration endpoint)")
 	o.duration(&cfg.Redis.Timeout, "redis-timeout", redisstore.DefaultTimeout, "bound on each Redis operation; keep it well under Envoy's message_timeout (200ms)")
 	o.str(&cfg.Redis.KeyPrefix, "redis-key-prefix", redisstore.DefaultKeyPrefix, "prefix of proxysession's Redis keys")
+	o.integer(&cfg.Redis.WaitReplicas, "redis-wait-replicas", 0, "with a single server or Sentinel: each write waits, for half of -redis-timeout at most, until this many replicas have it (Redis WAIT), so that a failover loses none it confirmed in time; 0 does not wait")
 	o.str(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	o.str(&cfg.rawLogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	o.str(&cfg.TLSCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")
@@ -240,7 +263,12 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 	o.str(&cfg.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
 	o.duration(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, keep accepting new streams this long after reporting not ready, while Envoy's health checks and Kubernetes endpoints catch up (5s in Kubernetes)")
 	o.duration(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, after -drain-delay, how long in-flight streams may take to finish")
+	return o
+}
 
+// flagSet returns a flag set with a flag for each option, whose text raw
+// holds, by name, until every value is parsed.
+func (o *options) flagSet(usageOut io.Writer) (*flag.FlagSet, map[string]*rawFlag) {
 	fs := flag.NewFlagSet("proxysession", flag.ContinueOnError)
 	fs.SetOutput(usageOut)
 	raw := make(map[string]*rawFlag, len(o.list))
@@ -249,27 +277,31 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 		raw[opt.name] = r
 		fs.Var(r, opt.name, opt.usage)
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(usageOut, "Usage: proxysession [flags]\n\n"+
-			"proxysession is an Envoy ext_proc service that keeps backend cookies in\n"+
-			"server-side sessions and gives browsers one session cookie instead.\n\n"+
-			"Every flag can also be set by the environment variable shown with it;\n"+
-			"a flag given on the command line wins.\n\nFlags:\n")
-		for _, opt := range o.list {
-			fmt.Fprintf(usageOut, "  -%s %s\n    \t%s\n    \t", opt.name, opt.kind, opt.usage)
-			if opt.def != "" {
-				fmt.Fprintf(usageOut, "default %s, ", opt.def)
-			}
-			fmt.Fprintf(usageOut, "env %s\n", envName(opt.name))
+	fs.Usage = func() { o.usage(usageOut) }
+	return fs, raw
+}
+
+// usage writes the usage, with each flag's environment variable.
+func (o *options) usage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: proxysession [flags]\n\n"+
+		"proxysession is an Envoy ext_proc service that keeps backend cookies in\n"+
+		"server-side sessions and gives browsers one session cookie instead.\n\n"+
+		"Every flag can also be set by the environment variable shown with it;\n"+
+		"a flag given on the command line wins.\n\nFlags:\n")
+	for _, opt := range o.list {
+		fmt.Fprintf(w, "  -%s %s\n    \t%s\n    \t", opt.name, opt.kind, opt.usage)
+		if opt.def != "" {
+			fmt.Fprintf(w, "default %s, ", opt.def)
 		}
+		fmt.Fprintf(w, "env %s\n", envName(opt.name))
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+}
+
+// parseAll parses every option's text: the flag's if it was given (raw),
+// else its environment variable's, else the default. It returns an error
+// for each invalid value, naming its source.
+func (o *options) parseAll(raw map[string]*rawFlag, lookupEnv func(string) (string, bool)) []error {
 	var errs []error
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
-	}
 	for _, opt := range o.list {
 		source, text := "", opt.def
 		if r := raw[opt.name]; r.set {
@@ -284,11 +316,7 @@ func Parse(args []string, lookupEnv func(string) (string, bool), usageOut io.Wri
 			errs = append(errs, fmt.Errorf("%s: %w", source, err))
 		}
 	}
-	errs = append(errs, cfg.finish()...)
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return errs
 }
 
 // finish validates and derives the settings that need more than parsing.
@@ -404,6 +432,9 @@ func (cfg *Config) finishStore() []error {
 	}
 	if r.KeyPrefix == "" {
 		errs = append(errs, errors.New("-redis-key-prefix: must not be empty"))
+	}
+	if r.WaitReplicas < 0 || r.WaitReplicas > 0 && (r.Cluster || len(r.Addrs) > 1 && r.SentinelMaster == "") {
+		errs = append(errs, fmt.Errorf("-redis-wait-replicas: %d: for a single server or Sentinel, and not negative", r.WaitReplicas))
 	}
 	return errs
 }
