@@ -480,12 +480,22 @@ func TestRedisStore(t *testing.T) {
 	if code, body := httpGet(t, "http://"+a.adminAddr+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz after Redis came back = %d %q", code, body)
 	}
-	resp, err = browser.Get("https://app.test/page")
-	if err != nil {
-		t.Fatal(err)
+	// Service resumes by itself. On a loaded machine the first operation
+	// of the other replica's pool can still exceed the 100ms store
+	// timeout (a 503, fail closed), so allow a few tries.
+	var body []byte
+	for try := 0; try < 20; try++ {
+		resp, err = browser.Get("https://app.test/page")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) == "sid=42" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if string(body) != "sid=42" {
 		t.Errorf("after Redis came back the backend saw %q", body)
 	}
