@@ -78,6 +78,16 @@ func TestParseConfig(t *testing.T) {
 		{name: "redis conflicts", args: []string{"-store", "redis", "-redis-addr", "noport", "-redis-url", "redis://x", "-redis-cluster", "-redis-sentinel-master", "m", "-redis-db", "3"},
 			errs: []string{"give one, not both", `"noport" is not host:port`, "choose one", "-redis-db: 3"}},
 		{name: "bad redis url", args: []string{"-store", "redis", "-redis-url", "http://x"}, errs: []string{"-redis-url:"}},
+		{name: "redis wait replicas", args: []string{"-store", "redis", "-redis-addr", "s1:26379,s2:26379", "-redis-sentinel-master", "m", "-redis-wait-replicas", "1"},
+			check: func(t *testing.T, c *Config) {
+				if c.Redis.WaitReplicas != 1 {
+					t.Errorf("WaitReplicas = %d", c.Redis.WaitReplicas)
+				}
+			}},
+		{name: "redis wait replicas with a cluster", args: []string{"-store", "redis", "-redis-addr", "n1:6379", "-redis-cluster", "-redis-wait-replicas", "1"},
+			errs: []string{"-redis-wait-replicas: 1: for a single server or Sentinel"}},
+		{name: "redis wait replicas negative", args: []string{"-store", "redis", "-redis-addr", "r:6379", "-redis-wait-replicas", "-1"},
+			errs: []string{"-redis-wait-replicas: -1"}},
 		{name: "unknown store", args: []string{"-store", "etcd"}, errs: []string{`-store: "etcd"`}},
 	}
 	for _, tt := range tests {

@@ -1,6 +1,7 @@
 // Package redistest runs a real redis-server (Debian's package) for tests,
 // on a free loopback port, with an append-only file so that its data
-// survives a kill and restart.
+// survives a kill and restart. StartSentinel and StartCluster run the
+// replicated topologies (topology.go).
 //
 // Without redis-server the tests skip, except under CI=true, where they
 // fail: CI installs it (.ci/run).
@@ -27,11 +28,24 @@ type Server struct {
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
+	// ready is the log line that says the server is up.
+	ready string
 }
 
 // Start starts redis-server with extra arguments (such as
 // "--requirepass", "secret") and stops it when the test ends.
 func Start(t testing.TB, extra ...string) *Server {
+	t.Helper()
+	bin := lookPath(t)
+	port, err := freePort(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startServer(t, bin, port, "", extra...)
+}
+
+// lookPath finds redis-server, or skips the test (fails it under CI=true).
+func lookPath(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -40,32 +54,59 @@ func Start(t testing.TB, extra ...string) *Server {
 		}
 		t.Skip("redis-server is not installed (apt-get install redis-server); skipping the tests against a real Redis")
 	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
+	return bin
+}
+
+// startServer starts a data node on port, in a new temporary directory,
+// with extra arguments, and kills it when the test ends. A config file
+// (conf, or none when empty) comes first, as redis-server wants it.
+func startServer(t testing.TB, bin string, port int, conf string, extra ...string) *Server {
+	t.Helper()
+	var args []string
+	if conf != "" {
+		args = append(args, conf)
 	}
 	s := &Server{
 		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 		t:    t,
 		bin:  bin,
-		args: append([]string{
+		args: append(append(args,
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", t.TempDir(),
 			"--save", "", "--appendonly", "yes", "--appendfsync", "always",
 			"--logfile", "", "--daemonize", "no",
-		}, extra...),
+		), extra...),
+		ready: "Ready to accept connections",
 	}
 	s.start()
 	t.Cleanup(s.Kill)
 	return s
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePort returns a free loopback port; with bus, port+10000 (a cluster
+// node's bus port) is free too.
+func freePort(bus bool) (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if !bus {
+			l.Close()
+			return port, nil
+		}
+		if port+10000 > 65535 {
+			l.Close()
+			continue
+		}
+		b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
+		l.Close()
+		if err == nil {
+			b.Close()
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port pair for a cluster node")
 }
 
 // start runs the server and waits until it says it accepts connections.
@@ -90,14 +131,14 @@ func (s *Server) start() {
 			line := sc.Text()
 			if !signalled {
 				fmt.Fprintln(&log, line)
-				if strings.Contains(line, "Ready to accept connections") {
+				if strings.Contains(line, s.ready) {
 					ready <- nil
 					signalled = true
 				}
 			}
 		}
 		if !signalled {
-			ready <- fmt.Errorf("redis-server exited before accepting connections:\n%s", log.String())
+			ready <- fmt.Errorf("redis-server %s exited before accepting connections:\n%s", s.Addr, log.String())
 		}
 		io.Copy(io.Discard, out)
 		cmd.Wait()
@@ -110,11 +151,12 @@ func (s *Server) start() {
 		}
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
-		s.t.Fatal("redis-server did not start within 30s")
+		s.t.Fatalf("redis-server %s did not start within 30s", s.Addr)
 	}
 }
 
-// Kill stops the server at once (SIGKILL), as a crash would.
+// Kill stops the server at once (SIGKILL), as a crash would. It is safe
+// to call more than once.
 func (s *Server) Kill() {
 	if s.cmd == nil {
 		return

@@ -1,11 +1,12 @@
 // Package redisstore is a sessions.Store on Redis or Valkey, shared by
 // every proxysession replica, with sessions encrypted at rest.
 //
-// Each session is one Redis hash. Its key is derived from the session id's
-// lookup half by hashing; the raw id is never stored. Each cookie is one
-// field, named by an HMAC of the cookie's identity and holding the cookie
-// sealed with AES-256-GCM; the keys for both come from the secret half of
-// the id (HKDF-SHA256), which only the browser's session cookie carries.
+// Each session is one Redis hash. Its key is a verifier of the session
+// id, derived from both halves; the raw id is never stored. Each cookie is
+// one field, named by an HMAC of the cookie's identity and holding the
+// cookie sealed with AES-256-GCM; the keys for all three come from the
+// secret half of the id (HKDF-SHA256, internal/seal), which only the
+// browser's session cookie carries.
 // A Redis dump alone is therefore useless: without the cookie, neither the
 // cookies' names nor their values can be read, and a record moved to
 // another field or session fails authentication.
@@ -23,31 +24,27 @@
 // field still holds the very record that exchange read. A cookie the
 // backend deleted on purpose is deleted whatever the field holds.
 //
-// Each hash also holds a verifier of the id's secret half. The scripts
-// compare it before they read, touch or write anything, so an id with the
-// right lookup half and a wrong secret neither renews, nor deletes, nor
-// writes to the session.
+// Since the key is the verifier of the id's secret half, an id with the
+// right lookup half and a wrong secret names another key: it neither
+// renews, nor deletes, nor writes to the session.
 package redisstore
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/proxysession/proxysession/internal/seal"
 	"github.com/proxysession/proxysession/sessions"
 )
 
@@ -72,6 +69,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// WaitReplicas, when above 0, makes each write wait until that many
+	// replicas have it (Redis WAIT, on the write's connection), for half
+	// of Timeout at most; a write they do not confirm in time still
+	// succeeds, and is counted (UnderReplicated). Not with a
+	// *redis.ClusterClient (WAIT must reach the key's master).
+	WaitReplicas int
 }
 
 // Defaults for Options fields left zero.
@@ -91,6 +94,12 @@ type Store struct {
 	undecryptable atomic.Uint64
 	failures      atomic.Uint64
 	refused       atomic.Uint64
+	// underReplicated counts writes WaitReplicas did not confirm.
+	underReplicated atomic.Uint64
+
+	// homes holds the home domain of each session Find returned, by
+	// weak.Pointer[sessions.Session], until the session is collected.
+	homes sync.Map
 }
 
 // New returns a Store that keeps sessions in client.
@@ -100,6 +109,9 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	}
 	if opts.MaxCookies < 0 || opts.MaxBytes < 0 {
 		return nil, errors.New("redisstore: MaxCookies and MaxBytes must be the Cache's limits")
+	}
+	if _, cluster := client.(*redis.ClusterClient); opts.WaitReplicas < 0 || opts.WaitReplicas > 0 && cluster {
+		return nil, errors.New("redisstore: WaitReplicas must not be negative, and is not for a cluster")
 	}
 	if opts.MaxCookies == 0 {
 		opts.MaxCookies = sessions.DefaultMaxCookiesPerSession
@@ -122,191 +134,205 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	return &Store{client: client, opts: opts}, nil
 }
 
-// Fields of a session's hash besides its cookies. Cookie fields are 22
-// characters long, so they cannot clash.
+// The format of a session's hash (version 3). Every key and name comes
+// from internal/seal under formatContext, so a hash of another format is
+// never found: the key derivation changed with it.
+//
+//	key   prefix + base64url(the session's verifier: 16 bytes of HKDF)
+//	"s"   state, in the clear for the scripts: absolute deadline ‖ last
+//	      request, Unix ms, 6 bytes big-endian each
+//	"m"   meta, sealed: the session's creation (UnixNano, 8 bytes) ‖ its
+//	      home domain (the rest), which its cookies' records may omit
+//	head  a cookie: its field is the first 8 bytes of the HMAC of its
+//	      identity (Cookie.Key); its record is size ‖ nonce ‖ ciphertext ‖
+//	      tag, size the cookie's bytes against the session's limit
+//	      (uvarint, in the clear for the commit script), the additional
+//	      data binding it to the session, the field and the size
+//	tail  when the record is longer than 64 bytes, its first 63 stay in
+//	      the head's field and the rest goes to a field named by the head's
+//	      first 7 bytes
+//
+// Redis keeps a hash whose fields and values are all at most 64 bytes
+// long (hash-max-listpack-value), and at most 128 of them, in one compact
+// listpack; a single longer value turns it into a hash table, which costs
+// several times as much for a small session. Hence the binary state, the
+// short names, the compact cookie encoding (cookiePlaintext) and the
+// split records. The names' lengths tell the fields apart: 1 byte for the
+// state and meta, 8 for a cookie, 7 for a tail. 64 bits of HMAC keep the
+// chance that two of a session's 300 cookies share a field (or 56 bits, a
+// tail) below 10⁻¹²; a stranger cannot aim at one without the id.
 const (
-	fieldMeta     = "m" // sealed: format version and creation time
-	fieldDeadline = "x" // absolute deadline, Unix ms, for the expiry
-	fieldLastSeen = "l" // last request, Unix ms
-	fieldVerifier = "v" // verifier of the id's secret half
+	formatContext = "proxysession/v3"
+	fieldState    = "s"
+	fieldMeta     = "m"
+	headNameBytes = 8
+	tailNameBytes = 7
+	// A record of up to maxValue bytes stays whole; a longer one keeps
+	// splitAt bytes (the longest a listpack stores with a 1-byte header)
+	// in its head.
+	maxValue   = 64
+	splitAt    = 63
+	stateBytes = 6 + 6
 )
 
-// The scripts compare the verifier with Lua's string equality, which is
-// not constant-time. What timing could leak is one session's verifier, a
-// 128-bit HKDF output that reveals nothing about the secret it comes from,
-// and only to someone who already knows the session's lookup half. With
-// it they could renew, end or fill the session, but never read or forge
-// its records, whose keys come from the secret itself. And timing a
-// 16-byte comparison inside Redis through the proxy is not practical.
+// Version 2 of the format kept the verifier in a field of a hash named by
+// the lookup half alone, and the scripts compared it, in Lua, which is not
+// constant-time. Naming the hash by the verifier does the same check with
+// Redis's own key lookup, and saves the field. A 128-bit HKDF output, it
+// reveals nothing about the secret it comes from; whoever reads it in a
+// dump could renew, end or fill the session through Redis, but never read
+// or forge its records, whose keys come from the secret itself.
+
+// luaNum6 decodes a 6-byte big-endian number at position i of a string
+// (Unix ms are below 2^48, and exact in Lua's doubles).
+const luaNum6 = `
+local function num6(s, i)
+  local n = 0
+  for j = i, i + 5 do n = n * 256 + string.byte(s, j) end
+  return n
+end
+`
 
 // findScript reads a session and renews its expiry to the earlier of its
-// absolute deadline and now + idle timeout, recording now as its last use.
-// It returns the fields as they were before, or nothing, without touching
-// the session, when the verifier (ARGV[3]) does not match. Sessions
-// written before the verifier existed have none: they are unknown.
-var findScript = redis.NewScript(`
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v or v ~= ARGV[3] then return {} end
+// absolute deadline and now (ARGV[1]) + idle timeout (ARGV[2]), recording
+// now (ARGV[3], 6 bytes) as its last use. It returns the fields as they
+// were before, or nothing when there is no session (no state: a hash of
+// another format is not one).
+var findScript = redis.NewScript(luaNum6 + `
+local s = redis.call('HGET', KEYS[1], 's')
+if not s or #s ~= 12 then return {} end
 local h = redis.call('HGETALL', KEYS[1])
-local deadline = tonumber(redis.call('HGET', KEYS[1], 'x'))
-if deadline then
-  redis.call('HSET', KEYS[1], 'l', ARGV[1])
-  redis.call('PEXPIREAT', KEYS[1], math.min(deadline, tonumber(ARGV[1]) + tonumber(ARGV[2])))
-end
+redis.call('HSET', KEYS[1], 's', string.sub(s, 1, 6) .. ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], math.min(num6(s, 1), tonumber(ARGV[1]) + tonumber(ARGV[2])))
 return h`)
 
-// deleteScript deletes a session if the verifier (ARGV[1]) matches.
-var deleteScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`)
-
 // commitScript writes one exchange's changes to a session and renews its
-// expiry. It writes nothing and returns {0, 0} when the verifier does not
-// match: the session is gone (a parallel logout must not be undone), or
-// the id's secret is wrong. Else it returns {1, refused}.
+// expiry. It writes nothing and returns {0, 0} when an existing session
+// has no state: it is gone (a parallel logout must not be undone). (A
+// wrong secret names another key, where there is no session either.)
+// Else it returns {1, refused}.
 //
 // It works argument by argument (Lua's unpack fails beyond a few thousand
 // values). First the deletions: unconditional without a revision (the
-// backend deleted the cookie), else only if the field's record still
-// starts with the revision the exchange read (it purged the cookie from
-// its copy). Then the stored cookies, within the session's limits as it
-// stands now: a new field is refused beyond MaxCookies, any write beyond
-// MaxBytes. A cookie's bytes are its record's length minus a fixed
-// overhead (records are padded to make it so).
+// backend deleted the cookie), else only if the head still starts with
+// the revision the exchange read (it purged the cookie from its copy).
+// Then the stored cookies, within the session's limits as it stands now:
+// a new field is refused beyond MaxCookies, any write beyond MaxBytes. A
+// cookie's bytes are the size its record starts with.
 //
-// ARGV: new ("1"/"0"), verifier, now ms, idle ms, max cookies, max bytes,
-// record overhead, number of deletions nd, of stores ns, then for a new
-// session its meta record and deadline ms (else empty); then nd
-// field/revision pairs and ns field/record pairs.
-var commitScript = redis.NewScript(`
+// ARGV: new ("1"/"0"), now ms, idle ms, max cookies, max bytes,
+// number of deletions nd, of stores ns, then for a new session its state
+// and meta (else empty); then nd head/tail/revision triples and ns
+// head/tail/head record/tail record quadruples (an empty tail record
+// deletes the tail).
+var commitScript = redis.NewScript(luaNum6 + `
+local function size(rec)
+  local n, m = 0, 1
+  for i = 1, 4 do
+    local b = string.byte(rec, i)
+    if not b then return 0 end
+    n = n + (b % 128) * m
+    if b < 128 then return n end
+    m = m * 128
+  end
+  return n
+end
 local key = KEYS[1]
-local v = redis.call('HGET', key, 'v')
+local s = redis.call('HGET', key, 's')
 if ARGV[1] == '1' then
-  if v and v ~= ARGV[2] then return {0, 0} end
-  redis.call('HSET', key, 'v', ARGV[2], 'm', ARGV[10], 'x', ARGV[11], 'l', ARGV[3])
-elseif not v or v ~= ARGV[2] then
+  s = ARGV[8]
+  redis.call('HSET', key, 's', s, 'm', ARGV[9])
+elseif not s or #s ~= 12 then
   return {0, 0}
 end
-local nd, ns = tonumber(ARGV[8]), tonumber(ARGV[9])
-local i = 12
+local nd, ns = tonumber(ARGV[6]), tonumber(ARGV[7])
+local i = 10
 for _ = 1, nd do
-  local f, rev = ARGV[i], ARGV[i + 1]
+  local f, t, rev = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if rev == '' then
-    redis.call('HDEL', key, f)
+    redis.call('HDEL', key, f, t)
   else
     local rec = redis.call('HGET', key, f)
-    if rec and string.sub(rec, 1, #rev) == rev then redis.call('HDEL', key, f) end
+    if rec and string.sub(rec, 1, #rev) == rev then redis.call('HDEL', key, f, t) end
   end
-  i = i + 2
+  i = i + 3
 end
 local refused = 0
 if ns > 0 then
-  local maxn, maxb, over = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local maxn, maxb = tonumber(ARGV[4]), tonumber(ARGV[5])
   local n, b = 0, 0
   for _, f in ipairs(redis.call('HKEYS', key)) do
-    if #f > 1 then
+    if #f == 8 then
       n = n + 1
-      b = b + redis.call('HSTRLEN', key, f) - over
+      b = b + size(redis.call('HGET', key, f))
     end
   end
   for _ = 1, ns do
-    local f, rec = ARGV[i], ARGV[i + 1]
-    local old = redis.call('HSTRLEN', key, f)
-    local nb = b + #rec - over
-    if old > 0 then nb = nb - (old - over) end
-    if nb > maxb or (old == 0 and n >= maxn) then
+    local f, t, head, tail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local old = redis.call('HGET', key, f)
+    local nb = b + size(head)
+    if old then nb = nb - size(old) end
+    if nb > maxb or (not old and n >= maxn) then
       refused = refused + 1
     else
-      redis.call('HSET', key, f, rec)
+      redis.call('HSET', key, f, head)
+      if tail == '' then redis.call('HDEL', key, t) else redis.call('HSET', key, t, tail) end
       b = nb
-      if old == 0 then n = n + 1 end
+      if not old then n = n + 1 end
     end
-    i = i + 2
+    i = i + 4
   end
 end
-local deadline = tonumber(redis.call('HGET', key, 'x'))
-if deadline then
-  redis.call('PEXPIREAT', key, math.min(deadline, tonumber(ARGV[3]) + tonumber(ARGV[4])))
-end
+redis.call('PEXPIREAT', key, math.min(num6(s, 1), tonumber(ARGV[2]) + tonumber(ARGV[3])))
 return {1, refused}`)
 
-// sessionKeys is what one session's id yields: its Redis key, the keys
-// that seal its records and name its cookie fields, and the verifier of
-// its secret.
+// sessionKeys is what one session's id yields: its Redis key (named by
+// the verifier of its secret) and its keys (internal/seal).
 type sessionKeys struct {
 	redisKey string
-	aead     cipher.AEAD
-	fieldKey []byte
-	verifier string
+	keys     *seal.Keys
 }
 
 // keysFor derives a session's keys from its id.
 func (s *Store) keysFor(id sessions.ID) (*sessionKeys, error) {
 	lookup, secret := id.Key(), id.Secret()
-	sum := sha256.Sum256(append([]byte("proxysession/v1/key\x00"), lookup[:]...))
-	sealKey, err := hkdf.Key(sha256.New, secret[:], lookup[:], "proxysession/v1/seal", 32)
+	keys, err := seal.KeysFor(lookup, secret, formatContext)
 	if err != nil {
 		return nil, err
 	}
-	fieldKey, err := hkdf.Key(sha256.New, secret[:], lookup[:], "proxysession/v1/field", 32)
-	if err != nil {
-		return nil, err
-	}
-	verifier, err := hkdf.Key(sha256.New, secret[:], lookup[:], "proxysession/v1/verifier", 16)
-	if err != nil {
-		return nil, err
-	}
-	block, err := aes.NewCipher(sealKey)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
+	v := keys.Verifier()
 	return &sessionKeys{
-		redisKey: s.opts.KeyPrefix + base64.RawURLEncoding.EncodeToString(sum[:]),
-		aead:     aead,
-		fieldKey: fieldKey,
-		verifier: string(verifier),
+		redisKey: s.opts.KeyPrefix + base64.RawURLEncoding.EncodeToString(v[:]),
+		keys:     keys,
 	}, nil
 }
 
-// fieldName names a cookie's field: an HMAC of its identity (which holds
-// its name and domain), so the hash reveals neither.
-func (k *sessionKeys) fieldName(cookieKey string) string {
-	mac := hmac.New(sha256.New, k.fieldKey)
-	mac.Write([]byte(cookieKey))
-	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:16])
+// fields names a cookie's head and tail fields: an HMAC of its identity
+// (which holds its name and domain), so the hash reveals neither.
+func (k *sessionKeys) fields(cookieKey string) (head, tail string) {
+	mac := k.keys.Name(cookieKey)
+	return string(mac[:headNameBytes]), string(mac[:tailNameBytes])
 }
 
-// sealVersion 2 pads cookie records (see cookiePlaintext). Version 1
-// records, from before the verifier, belong to sessions that are unknown
-// now since they have no verifier.
-const sealVersion = 2
+// additionalData binds a record to its session and field, and for a
+// cookie to the size before it.
+func (k *sessionKeys) additionalData(field, size string) []byte {
+	return []byte(k.redisKey + "\x00" + field + "\x00" + size)
+}
 
-// A record is the version byte, the nonce, the ciphertext and the GCM tag.
-// Its first revisionBytes (version and random nonce) differ for every
-// write: they are the record's revision, which the commit script compares
-// before it deletes a purged cookie.
-const (
-	nonceBytes    = 12
-	tagBytes      = 16
-	revisionBytes = 1 + nonceBytes
-)
+// appendMs appends a Unix ms time as 6 bytes big-endian (until 10889 AD).
+func appendMs(b []byte, t time.Time) []byte {
+	ms := uint64(max(t.UnixMilli(), 0))
+	return append(b, byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms))
+}
 
-// A cookie record's plaintext is the cookie's encoding, zero bytes, and
-// the number of zero bytes, padded to exactly the cookie's size (the bytes
-// it counts against the session's limit) + plainOverhead. The encoding
-// has 25 bytes of fixed fields and three length prefixes of up to 3 bytes
-// each (lengths below 2 MiB), so the padding always fits. The commit
-// script then knows a cookie's size from its record's length alone:
-// recordOverhead less. (The ciphertext's length gave the size away
-// within a few bytes before; now it gives it exactly.)
-const (
-	plainOverhead  = 25 + 3*3 + 1
-	recordOverhead = revisionBytes + plainOverhead + tagBytes
-)
+func readMs(b string) time.Time {
+	var ms int64
+	for i := range 6 {
+		ms = ms<<8 | int64(b[i])
+	}
+	return time.UnixMilli(ms)
+}
 
 // cookieSize is what c counts against the session's byte limit (the
 // engine's Cookie.size): name, "=" when there is a name, value, domain
@@ -319,60 +345,50 @@ func cookieSize(c *sessions.Cookie) int {
 	return n
 }
 
-// cookiePlaintext encodes c padded to cookieSize(c) + plainOverhead.
-func cookiePlaintext(c *sessions.Cookie) ([]byte, error) {
-	enc, err := c.MarshalBinary()
+// sealCookie returns c's head and tail records ("" for none).
+func (k *sessionKeys) sealCookie(c *sessions.Cookie, head string, sessionCreated int64, home string, haveHome bool) (string, string, error) {
+	plain, err := cookiePlaintext(c, sessionCreated, home, haveHome)
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
-	pad := cookieSize(c) + plainOverhead - 1 - len(enc)
-	if pad < 0 || pad > 255 {
-		return nil, errors.New("cookie encoding does not fit its record")
+	size := binary.AppendUvarint(nil, uint64(cookieSize(c)))
+	rec := string(k.keys.Seal(size, plain, k.additionalData(head, string(size))))
+	if len(rec) <= maxValue {
+		return rec, "", nil
 	}
-	plain := make([]byte, len(enc), len(enc)+pad+1)
-	copy(plain, enc)
-	plain = append(plain, make([]byte, pad)...)
-	return append(plain, byte(pad)), nil
+	return rec[:splitAt], rec[splitAt:], nil
 }
 
-// openCookie decodes a plaintext made by cookiePlaintext.
-func openCookie(plain []byte) (sessions.Cookie, error) {
+// openCookie opens a cookie's record (head and tail joined) and checks
+// that it belongs to its field.
+func (k *sessionKeys) openCookie(head, rec string, sessionCreated int64, home string, haveHome bool) (sessions.Cookie, error) {
 	var c sessions.Cookie
-	if len(plain) == 0 {
-		return c, errors.New("empty record")
+	size, n := binary.Uvarint([]byte(rec[:min(len(rec), binary.MaxVarintLen64)]))
+	if n <= 0 {
+		return c, errors.New("malformed record")
 	}
-	pad := int(plain[len(plain)-1])
-	if pad+1 > len(plain) {
-		return c, errors.New("bad padding")
-	}
-	if err := c.UnmarshalBinary(plain[:len(plain)-1-pad]); err != nil {
+	plain, err := k.keys.Open(nil, []byte(rec[n:]), k.additionalData(head, rec[:n]))
+	if err != nil {
 		return c, err
 	}
-	if len(plain) != cookieSize(&c)+plainOverhead {
-		return c, errors.New("bad padding")
+	if c, err = openPlaintext(plain, sessionCreated, home, haveHome); err != nil {
+		return c, err
+	}
+	if h, _ := k.fields(c.Key()); h != head {
+		return c, errors.New("record does not belong to its field")
+	}
+	if uint64(cookieSize(&c)) != size {
+		return c, errors.New("record does not match its size")
 	}
 	return c, nil
 }
 
-// seal encrypts a record for one field of one session: the additional
-// data binds it to both.
-func (k *sessionKeys) seal(field string, plaintext []byte) string {
-	nonce := make([]byte, 1+nonceBytes, 1+nonceBytes+len(plaintext)+tagBytes)
-	nonce[0] = sealVersion
-	rand.Read(nonce[1:])
-	return string(k.aead.Seal(nonce, nonce[1:], plaintext, k.additionalData(field)))
-}
-
-func (k *sessionKeys) open(field, record string) ([]byte, error) {
-	if len(record) < 1+nonceBytes+tagBytes || record[0] != sealVersion {
-		return nil, errors.New("malformed record")
-	}
-	b := []byte(record)
-	return k.aead.Open(nil, b[1:1+nonceBytes], b[1+nonceBytes:], k.additionalData(field))
-}
-
-func (k *sessionKeys) additionalData(field string) []byte {
-	return []byte(k.redisKey + "\x00" + field)
+// revisionOf is a record's revision: its size and nonce, which differ for
+// every write. The commit script compares it before it deletes a purged
+// cookie.
+func revisionOf(rec string) string {
+	_, n := binary.Uvarint([]byte(rec[:min(len(rec), binary.MaxVarintLen64)]))
+	return rec[:max(n, 0)+seal.NonceSize]
 }
 
 // ctx bounds an operation by the store's timeout.
@@ -397,59 +413,81 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 	defer cancel()
 	now := s.opts.Now()
 	res, err := findScript.Run(ctx, s.client, []string{keys.redisKey},
-		now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(), keys.verifier).StringSlice()
+		now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(), appendMs(nil, now)).StringSlice()
 	if err != nil {
 		return nil, s.failed("find", err)
 	}
 	if len(res) == 0 {
 		return nil, nil
 	}
-	var (
-		created, lastSeen time.Time
-		haveMeta          bool
-		cookies           []sessions.Cookie
-		revisions         []string
-	)
+	fields := make(map[string]string, len(res)/2)
 	for i := 0; i+1 < len(res); i += 2 {
-		field, value := res[i], res[i+1]
-		switch field {
-		case fieldMeta:
-			plain, err := keys.open(field, value)
-			if err != nil || len(plain) != 9 || plain[0] != 1 {
-				s.undecryptableRecord(ctx, "session", err)
-				return nil, nil
-			}
-			created, haveMeta = time.UnixMilli(int64(binary.BigEndian.Uint64(plain[1:]))), true
-		case fieldLastSeen:
-			ms, err := strconv.ParseInt(value, 10, 64)
-			if err != nil {
-				s.undecryptableRecord(ctx, "last-seen", err)
-				return nil, nil
-			}
-			lastSeen = time.UnixMilli(ms)
-		case fieldDeadline, fieldVerifier:
-		default:
-			plain, err := keys.open(field, value)
-			var c sessions.Cookie
-			if err == nil {
-				c, err = openCookie(plain)
-			}
-			if err == nil && keys.fieldName(c.Key()) != field {
-				err = errors.New("record does not belong to its field")
-			}
-			if err != nil {
-				s.undecryptableRecord(ctx, "cookie", err)
-				continue // never sent to a backend
-			}
-			cookies = append(cookies, c)
-			revisions = append(revisions, value[:revisionBytes])
-		}
+		fields[res[i]] = res[i+1]
 	}
-	if !haveMeta || lastSeen.IsZero() {
-		s.undecryptableRecord(ctx, "session", errors.New("incomplete session record"))
+	state := fields[fieldState]
+	meta, err := keys.keys.Open(nil, []byte(fields[fieldMeta]), keys.additionalData(fieldMeta, ""))
+	if err != nil || len(meta) < 8 || len(state) != stateBytes {
+		if err == nil {
+			err = errors.New("incomplete session record")
+		}
+		s.undecryptableRecord(ctx, "session", err)
 		return nil, nil
 	}
-	return sessions.RestoreSessionRevisions(id, created, lastSeen, cookies, revisions), nil
+	created, home := int64(binary.BigEndian.Uint64(meta)), string(meta[8:])
+	var (
+		cookies   []sessions.Cookie
+		revisions []string
+	)
+	for head, rec := range fields {
+		if len(head) != headNameBytes {
+			continue
+		}
+		rec += fields[head[:tailNameBytes]]
+		c, err := keys.openCookie(head, rec, created, home, true)
+		if err != nil {
+			s.undecryptableRecord(ctx, "cookie", err)
+			continue // never sent to a backend
+		}
+		cookies = append(cookies, c)
+		revisions = append(revisions, revisionOf(rec))
+	}
+	sess := sessions.RestoreSessionRevisions(id, time.Unix(0, created), readMs(state[6:]), cookies, revisions)
+	s.rememberHome(sess, home)
+	return sess, nil
+}
+
+// rememberHome notes a session's home domain for Commit, for as long as
+// the session is in use: the exchange that found it commits it.
+func (s *Store) rememberHome(sess *sessions.Session, home string) {
+	p := weak.Make(sess)
+	if _, loaded := s.homes.LoadOrStore(p, home); !loaded {
+		runtime.AddCleanup(sess, func(p weak.Pointer[sessions.Session]) { s.homes.Delete(p) }, p)
+	}
+}
+
+// homeOf returns the home domain noted for sess, if any. Without it,
+// records carry their cookies' domains.
+func (s *Store) homeOf(sess *sessions.Session) (string, bool) {
+	home, ok := s.homes.Load(weak.Make(sess))
+	if !ok {
+		return "", false
+	}
+	return home.(string), true
+}
+
+// homeDomain picks a new session's home domain: the domain most of its
+// first cookies have.
+func homeDomain(cookies []sessions.Cookie) string {
+	best, count := "", 0
+	seen := map[string]int{}
+	for i := range cookies {
+		d := cookies[i].Domain()
+		seen[d]++
+		if seen[d] > count {
+			best, count = d, seen[d]
+		}
+	}
+	return best
 }
 
 // undecryptableRecord logs and counts a record that cannot be trusted:
@@ -465,7 +503,7 @@ func (s *Store) undecryptableRecord(ctx context.Context, what string, err error)
 }
 
 // commitHeader is the number of commitScript's fixed arguments.
-const commitHeader = 11
+const commitHeader = 9
 
 // Commit implements sessions.Store: one round trip that writes the
 // changed cookies field by field, within the session's limits. Cookies
@@ -480,38 +518,45 @@ func (s *Store) Commit(ctx context.Context, sess *sessions.Session, ch *sessions
 		return err
 	}
 	now := s.opts.Now()
-	newFlag, meta, deadline := "0", "", ""
+	created := sess.Created()
+	newFlag, state, meta := "0", "", ""
+	home, haveHome := s.homeOf(sess)
 	if ch.New {
-		created := sess.Created()
-		plain := make([]byte, 9)
-		plain[0] = 1
-		binary.BigEndian.PutUint64(plain[1:], uint64(created.UnixMilli()))
-		newFlag, meta = "1", keys.seal(fieldMeta, plain)
-		deadline = strconv.FormatInt(created.Add(s.opts.Lifetime).UnixMilli(), 10)
+		home, haveHome = homeDomain(ch.Stored), true
+		st := appendMs(nil, created.Add(s.opts.Lifetime))
+		plain := binary.BigEndian.AppendUint64(nil, uint64(created.UnixNano()))
+		newFlag, state = "1", string(appendMs(st, now))
+		meta = string(keys.keys.Seal(nil, append(plain, home...), keys.additionalData(fieldMeta, "")))
+		s.rememberHome(sess, home)
 	}
-	args := make([]any, commitHeader, commitHeader+2*len(ch.Deleted)+2*len(ch.Stored))
-	copy(args, []any{newFlag, keys.verifier, now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(),
-		s.opts.MaxCookies, s.opts.MaxBytes, recordOverhead,
-		len(ch.Deleted), 0, meta, deadline})
+	args := make([]any, commitHeader, commitHeader+3*len(ch.Deleted)+4*len(ch.Stored))
+	copy(args, []any{newFlag, now.UnixMilli(), s.opts.IdleTimeout.Milliseconds(),
+		s.opts.MaxCookies, s.opts.MaxBytes, len(ch.Deleted), 0, state, meta})
 	for _, d := range ch.Deleted {
-		args = append(args, keys.fieldName(d.Key), d.Revision)
+		head, tail := keys.fields(d.Key)
+		args = append(args, head, tail, d.Revision)
 	}
 	stored, refused := 0, 0
 	for i := range ch.Stored {
 		c := &ch.Stored[i]
-		plain, err := cookiePlaintext(c)
+		head, tail := keys.fields(c.Key())
+		headRec, tailRec, err := keys.sealCookie(c, head, created.UnixNano(), home, haveHome)
 		if err != nil {
-			refused++ // beyond any sensible limit: lengths of 2 MiB
+			refused++
 			continue
 		}
-		field := keys.fieldName(c.Key())
-		args = append(args, field, keys.seal(field, plain))
+		args = append(args, head, tail, headRec, tailRec)
 		stored++
 	}
-	args[8] = stored
+	args[6] = stored
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	res, err := commitScript.Run(ctx, s.client, []string{keys.redisKey}, args...).Int64Slice()
+	var res []int64
+	if s.opts.WaitReplicas > 0 {
+		res, err = s.commitReplicated(ctx, keys.redisKey, args)
+	} else {
+		res, err = commitScript.Run(ctx, s.client, []string{keys.redisKey}, args...).Int64Slice()
+	}
 	if err != nil {
 		return s.failed("commit", err)
 	}
@@ -535,7 +580,7 @@ func (s *Store) Delete(ctx context.Context, id sessions.ID) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if err := deleteScript.Run(ctx, s.client, []string{keys.redisKey}, keys.verifier).Err(); err != nil {
+	if err := s.client.Del(ctx, keys.redisKey).Err(); err != nil {
 		return s.failed("delete", err)
 	}
 	return nil
@@ -579,3 +624,32 @@ type ClientLogger struct{ Logger *slog.Logger }
 func (l ClientLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.Logger.WarnContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }
+
+// commitReplicated runs the commit script and WAIT in one pipeline, so on
+// one connection: WAIT counts the replicas that have that connection's
+// writes. A NOSCRIPT reply (a new master) sends the script itself.
+func (s *Store) commitReplicated(ctx context.Context, key string, args []any) ([]int64, error) {
+	run := func(eval func(context.Context, redis.Scripter, []string, ...any) *redis.Cmd) (*redis.Cmd, *redis.Cmd) {
+		pipe := s.client.Pipeline()
+		cmd := eval(ctx, pipe, []string{key}, args...)
+		wait := pipe.Do(ctx, "wait", s.opts.WaitReplicas, (s.opts.Timeout / 2).Milliseconds())
+		pipe.Exec(ctx) // the errors are the commands'
+		return cmd, wait
+	}
+	cmd, wait := run(commitScript.EvalSha)
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		cmd, wait = run(commitScript.Eval)
+	}
+	res, err := cmd.Int64Slice()
+	if err != nil {
+		return nil, err
+	}
+	if n, err := wait.Int64(); err != nil || n < int64(s.opts.WaitReplicas) {
+		s.underReplicated.Add(1)
+	}
+	return res, nil
+}
+
+// UnderReplicated returns how many writes the replicas did not confirm
+// within the time Options.WaitReplicas allows.
+func (s *Store) UnderReplicated() uint64 { return s.underReplicated.Load() }
