@@ -3,7 +3,10 @@
 #   docker build -t proxysession .                    # the service (default target)
 #   docker build -t proxysession-demo --target demo . # the demo backend
 
-FROM golang:1.26 AS build
+# The Go version of go.mod's go line: with GOTOOLCHAIN=local an older
+# 1.26 image refuses the module instead of fetching a toolchain.
+FROM golang:1.26.8 AS build
+ENV GOTOOLCHAIN=local
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download

@@ -10,7 +10,6 @@ package envoy_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,10 +36,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
-	istiov1alpha3 "istio.io/api/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
@@ -51,8 +48,7 @@ import (
 
 // requiredHeaders are the headers proxysession reads; forward_rules must
 // let every one of them through.
-var requiredHeaders = []string{":scheme", ":authority", ":path", ":method", "cookie", "set-cookie",
-	"x-forwarded-proto", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "clear-site-data", "cache-control"}
+var requiredHeaders = processor.ForwardedHeaders()
 
 // grpcPort is proxysession's default ext_proc port.
 func grpcPort(t *testing.T) uint32 {
@@ -149,6 +145,12 @@ func findCluster(t *testing.T, bs *bootstrapv3.Bootstrap, name string) *clusterv
 // httpFilters returns the HTTP filters of the listener's connection manager.
 func httpFilters(t *testing.T, l *listenerv3.Listener) []*hcmv3.HttpFilter {
 	t.Helper()
+	return connectionManager(t, l).GetHttpFilters()
+}
+
+// connectionManager returns the listener's http_connection_manager.
+func connectionManager(t *testing.T, l *listenerv3.Listener) *hcmv3.HttpConnectionManager {
+	t.Helper()
 	for _, fc := range l.GetFilterChains() {
 		for _, f := range fc.GetFilters() {
 			var hcm hcmv3.HttpConnectionManager
@@ -156,7 +158,7 @@ func httpFilters(t *testing.T, l *listenerv3.Listener) []*hcmv3.HttpFilter {
 				if err := f.GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 					t.Fatal(err)
 				}
-				return hcm.GetHttpFilters()
+				return &hcm
 			}
 		}
 	}
@@ -278,6 +280,9 @@ func checkServiceCluster(t *testing.T, where string, c *clusterv3.Cluster, wantH
 	if !raised {
 		t.Errorf("%s: circuit breakers must allow more than the default 1024 requests (one stream per request in flight)", where)
 	}
+	if c.ProtoReflect().Has(c.ProtoReflect().Descriptor().Fields().ByName("dns_refresh_rate")) {
+		t.Errorf("%s: dns_refresh_rate is deprecated (Envoy 1.40); the default of 5s is what the drain delay assumes", where)
+	}
 	var grpcHealth bool
 	for _, hc := range c.GetHealthChecks() {
 		if hc.GetGrpcHealthCheck().GetServiceName() == processor.ServiceName {
@@ -313,6 +318,23 @@ func TestEnvoyConfig(t *testing.T) {
 	checkExtProc(t, "envoy.yaml", ep)
 	if ep.GetForwardRules() == nil {
 		t.Error("envoy.yaml: no forward_rules: Envoy would send proxysession every header")
+	}
+	checkForwardRulesExact(t, "envoy.yaml", ep)
+	// An edge listener: Envoy must not trust the client's own
+	// X-Forwarded-Proto/X-Forwarded-For.
+	hcm := connectionManager(t, listeners[0])
+	if !hcm.GetUseRemoteAddress().GetValue() || hcm.GetXffNumTrustedHops() != 0 {
+		t.Errorf("envoy.yaml: use_remote_address %v, xff_num_trusted_hops %d: an edge listener must use the peer's address and trust no client hop",
+			hcm.GetUseRemoteAddress().GetValue(), hcm.GetXffNumTrustedHops())
+	}
+	// The admin interface (/quitquitquit, runtime changes) on loopback only.
+	if a := bs.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" && a != "::1" {
+		t.Errorf("envoy.yaml: admin on %q: bind it to loopback", a)
+	}
+	// Every ready replica is a host: STRICT_DNS on a name that resolves
+	// to each of them, refreshed quickly.
+	if c := findCluster(t, bs, "proxysession"); c.GetType() != clusterv3.Cluster_STRICT_DNS || dnsRefresh(c) > 5*time.Second {
+		t.Errorf("envoy.yaml: proxysession cluster %v, DNS refresh %v", c.GetType(), dnsRefresh(c))
 	}
 	checkServiceCluster(t, "envoy.yaml", findCluster(t, bs, "proxysession"), "proxysession", grpcPort(t))
 	demo := findCluster(t, bs, "demo").GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
@@ -369,24 +391,25 @@ func noEnv(string) (string, bool) { return "", false }
 
 // manifest is one Kubernetes object of a multi-document YAML file.
 type manifest struct {
-	kind, name string
-	json       []byte
+	kind, name, namespace string
+	json                  []byte
 }
 
-func loadManifests(t *testing.T, path string) []manifest {
+// parseManifests splits a multi-document YAML stream into its objects
+// (documents of comments only are skipped).
+func parseManifests(t *testing.T, what string, b []byte) []manifest {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []manifest
-	for _, doc := range bytes.Split(b, []byte("\n---\n")) {
+	for _, doc := range bytes.Split(append([]byte("\n"), b...), []byte("\n---")) {
 		if len(bytes.TrimSpace(doc)) == 0 {
 			continue
 		}
 		j, err := yaml.YAMLToJSON(doc)
 		if err != nil {
-			t.Fatalf("%s: %v", path, err)
+			t.Fatalf("%s: %v", what, err)
+		}
+		if string(j) == "null" {
+			continue
 		}
 		var head struct {
 			APIVersion string            `json:"apiVersion"`
@@ -394,9 +417,9 @@ func loadManifests(t *testing.T, path string) []manifest {
 			Metadata   metav1.ObjectMeta `json:"metadata"`
 		}
 		if err := yaml.Unmarshal(j, &head); err != nil {
-			t.Fatalf("%s: %v", path, err)
+			t.Fatalf("%s: %v", what, err)
 		}
-		out = append(out, manifest{kind: head.APIVersion + "/" + head.Kind, name: head.Metadata.Name, json: j})
+		out = append(out, manifest{kind: head.APIVersion + "/" + head.Kind, name: head.Metadata.Name, namespace: head.Metadata.Namespace, json: j})
 	}
 	return out
 }
@@ -407,43 +430,6 @@ func strict(t *testing.T, m manifest, obj any) {
 	if err := yaml.UnmarshalStrict(m.json, obj); err != nil {
 		t.Fatalf("%s %s: %v", m.kind, m.name, err)
 	}
-}
-
-// loadProxysessionManifests decodes a file of proxysession's objects
-// strictly and returns its Deployment, Service and PodDisruptionBudget.
-func loadProxysessionManifests(t *testing.T, path string) (*appsv1.Deployment, *corev1.Service, *policyv1.PodDisruptionBudget) {
-	t.Helper()
-	var (
-		deploy *appsv1.Deployment
-		svc    *corev1.Service
-		pdb    *policyv1.PodDisruptionBudget
-	)
-	for _, m := range loadManifests(t, path) {
-		switch m.kind {
-		case "v1/Namespace":
-			strict(t, m, &corev1.Namespace{})
-		case "v1/ServiceAccount":
-			strict(t, m, &corev1.ServiceAccount{})
-		case "apps/v1/Deployment":
-			deploy = &appsv1.Deployment{}
-			strict(t, m, deploy)
-		case "v1/Service":
-			svc = &corev1.Service{}
-			strict(t, m, svc)
-		case "policy/v1/PodDisruptionBudget":
-			pdb = &policyv1.PodDisruptionBudget{}
-			strict(t, m, pdb)
-			if pdb.Spec.Selector == nil || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "proxysession" {
-				t.Errorf("%s: PDB selects %v", path, pdb.Spec.Selector)
-			}
-		default:
-			t.Errorf("%s: unexpected object %s", path, m.kind)
-		}
-	}
-	if deploy == nil || pdb == nil {
-		t.Fatalf("%s: want a Deployment and a PodDisruptionBudget", path)
-	}
-	return deploy, svc, pdb
 }
 
 // checkDeployment checks proxysession's hardened Deployment and returns
@@ -505,80 +491,6 @@ func checkDeployment(t *testing.T, path string, deploy *appsv1.Deployment) (*con
 	return cfg, ports
 }
 
-func TestKubernetesManifests(t *testing.T) {
-	deploy, svc, _ := loadProxysessionManifests(t, "istio/proxysession.yaml")
-	if svc == nil {
-		t.Fatal("no Service")
-	}
-	cfg, ports := checkDeployment(t, "istio/proxysession.yaml", deploy)
-	if cfg.Store != "memory" || *deploy.Spec.Replicas != 1 || deploy.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Error("with the in-memory store, one replica, never two at once: more would split sessions")
-	}
-	for _, p := range svc.Spec.Ports {
-		if p.Name == "grpc" && (p.Port != ports["grpc"] || p.AppProtocol == nil || *p.AppProtocol != "grpc") {
-			t.Errorf("Service port %+v: want %d, appProtocol grpc", p, ports["grpc"])
-		}
-	}
-	if !mapsEqual(svc.Spec.Selector, deploy.Spec.Template.Labels) {
-		t.Errorf("Service selects %v, pods have %v", svc.Spec.Selector, deploy.Spec.Template.Labels)
-	}
-}
-
-// TestSharedStoreManifests: the shared-store Deployment replaces the
-// memory one and points at the Valkey Service, with the password from the
-// Secret Valkey uses.
-func TestSharedStoreManifests(t *testing.T) {
-	deploy, svc, pdb := loadProxysessionManifests(t, "istio/proxysession-redis.yaml")
-	if svc != nil {
-		t.Error("the Service belongs to proxysession.yaml")
-	}
-	memDeploy, _, memPDB := loadProxysessionManifests(t, "istio/proxysession.yaml")
-	if deploy.Name != memDeploy.Name || deploy.Namespace != memDeploy.Namespace || pdb.Name != memPDB.Name {
-		t.Error("proxysession-redis.yaml must replace proxysession.yaml's Deployment and PodDisruptionBudget (same names)")
-	}
-	cfg, _ := checkDeployment(t, "istio/proxysession-redis.yaml", deploy)
-	if cfg.Store != "redis" || *deploy.Spec.Replicas < 2 {
-		t.Errorf("store %q with %d replicas: want redis and several replicas", cfg.Store, *deploy.Spec.Replicas)
-	}
-	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() < 1 || pdb.Spec.MinAvailable.IntValue() >= int(*deploy.Spec.Replicas) {
-		t.Errorf("PDB minAvailable %v with %d replicas", pdb.Spec.MinAvailable, *deploy.Spec.Replicas)
-	}
-
-	var valkeySvc corev1.Service
-	var sts appsv1.StatefulSet
-	for _, m := range loadManifests(t, "istio/valkey.yaml") {
-		switch m.kind {
-		case "apps/v1/StatefulSet":
-			strict(t, m, &sts)
-		case "v1/Service":
-			strict(t, m, &valkeySvc)
-		default:
-			t.Errorf("valkey.yaml: unexpected %s", m.kind)
-		}
-	}
-	want := fmt.Sprintf("%s.%s.svc.cluster.local:%d", valkeySvc.Name, valkeySvc.Namespace, valkeySvc.Spec.Ports[0].Port)
-	if len(cfg.Redis.Addrs) != 1 || cfg.Redis.Addrs[0] != want {
-		t.Errorf("proxysession uses Redis at %v, the Valkey Service is %s", cfg.Redis.Addrs, want)
-	}
-	secretOf := func(env []corev1.EnvVar, name string) string {
-		for _, e := range env {
-			if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-				return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
-			}
-		}
-		return ""
-	}
-	ps := secretOf(deploy.Spec.Template.Spec.Containers[0].Env, "PROXYSESSION_REDIS_PASSWORD")
-	vk := secretOf(sts.Spec.Template.Spec.Containers[0].Env, "REDIS_PASSWORD")
-	if ps == "" || ps != vk {
-		t.Errorf("proxysession's password comes from %q, Valkey's from %q", ps, vk)
-	}
-	vc := sts.Spec.Template.Spec.Containers[0]
-	if sc := vc.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sts.Spec.Template.Spec.SecurityContext.RunAsNonRoot == nil {
-		t.Error("Valkey's pod is not hardened like proxysession's")
-	}
-}
-
 func portOf(t *testing.T, addr string) int32 {
 	t.Helper()
 	_, p, err := net.SplitHostPort(addr)
@@ -598,91 +510,6 @@ func mapsEqual(a, b map[string]string) bool {
 	return len(a) > 0
 }
 
-func TestIstioEnvoyFilters(t *testing.T) {
-	var svc corev1.Service
-	for _, m := range loadManifests(t, "istio/proxysession.yaml") {
-		if m.kind == "v1/Service" {
-			strict(t, m, &svc)
-		}
-	}
-	serviceHost := svc.Name + "." + svc.Namespace + ".svc.cluster.local"
-
-	for file, context := range map[string]istiov1alpha3.EnvoyFilter_PatchContext{
-		"istio/envoyfilter-gateway.yaml": istiov1alpha3.EnvoyFilter_GATEWAY,
-		"istio/envoyfilter-sidecar.yaml": istiov1alpha3.EnvoyFilter_SIDECAR_INBOUND,
-	} {
-		t.Run(file, func(t *testing.T) {
-			ms := loadManifests(t, file)
-			if len(ms) != 1 || ms[0].kind != "networking.istio.io/v1alpha3/EnvoyFilter" {
-				t.Fatalf("want one EnvoyFilter, got %v", ms)
-			}
-			var obj struct {
-				APIVersion string            `json:"apiVersion"`
-				Kind       string            `json:"kind"`
-				Metadata   metav1.ObjectMeta `json:"metadata"`
-				Spec       jsonRaw           `json:"spec"`
-			}
-			strict(t, ms[0], &obj)
-			var ef istiov1alpha3.EnvoyFilter
-			unmarshal(t, file+" spec", obj.Spec, &ef)
-			if len(ef.GetWorkloadSelector().GetLabels()) == 0 {
-				t.Error("no workloadSelector: the filter would apply to every proxy in the namespace")
-			}
-			var clusterName, filterCluster string
-			for i, cp := range ef.GetConfigPatches() {
-				value, err := protojson.Marshal(cp.GetPatch().GetValue())
-				if err != nil {
-					t.Fatal(err)
-				}
-				where := fmt.Sprintf("%s patch %d", file, i)
-				switch cp.GetApplyTo() {
-				case istiov1alpha3.EnvoyFilter_CLUSTER:
-					var c clusterv3.Cluster
-					unmarshal(t, where, value, &c)
-					validateDeep(t, where, &c)
-					if cp.GetPatch().GetOperation() != istiov1alpha3.EnvoyFilter_Patch_ADD {
-						t.Errorf("%s: want operation ADD", where)
-					}
-					// Istio inserts ADDed clusters with the gateway's, or the
-					// sidecar's outbound, clusters only.
-					want := istiov1alpha3.EnvoyFilter_SIDECAR_OUTBOUND
-					if context == istiov1alpha3.EnvoyFilter_GATEWAY {
-						want = context
-					}
-					if got := cp.GetMatch().GetContext(); got != want {
-						t.Errorf("%s: cluster added in context %v; Istio adds clusters only from %v here", where, got, want)
-					}
-					checkServiceCluster(t, where, &c, serviceHost, grpcPort(t))
-					clusterName = c.GetName()
-				case istiov1alpha3.EnvoyFilter_HTTP_FILTER:
-					var f hcmv3.HttpFilter
-					unmarshal(t, where, value, &f)
-					validateDeep(t, where, &f)
-					if cp.GetMatch().GetContext() != context {
-						t.Errorf("%s: context %v, want %v", where, cp.GetMatch().GetContext(), context)
-					}
-					lm := cp.GetMatch().GetListener().GetFilterChain().GetFilter()
-					if cp.GetPatch().GetOperation() != istiov1alpha3.EnvoyFilter_Patch_INSERT_BEFORE ||
-						lm.GetName() != "envoy.filters.network.http_connection_manager" || lm.GetSubFilter().GetName() != "envoy.filters.http.router" {
-						t.Errorf("%s: want INSERT_BEFORE the router of the http_connection_manager", where)
-					}
-					var ep extprocv3.ExternalProcessor
-					if err := f.GetTypedConfig().UnmarshalTo(&ep); err != nil {
-						t.Fatalf("%s: %v", where, err)
-					}
-					checkExtProc(t, where, &ep)
-					filterCluster = ep.GetGrpcService().GetEnvoyGrpc().GetClusterName()
-				default:
-					t.Errorf("%s: unexpected applyTo %v", where, cp.GetApplyTo())
-				}
-			}
-			if clusterName == "" || clusterName != filterCluster {
-				t.Errorf("the filter calls cluster %q, the EnvoyFilter declares %q", filterCluster, clusterName)
-			}
-		})
-	}
-}
-
 // jsonRaw keeps a JSON value as it is.
 type jsonRaw []byte
 
@@ -691,37 +518,23 @@ func (j *jsonRaw) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// TestExtProcConfigsAgree: envoy.yaml and both EnvoyFilters configure the
-// filter the same way (forward_rules aside).
+// TestExtProcConfigsAgree: envoy.yaml and the chart's EnvoyFilters (at
+// the gateway and in sidecars, with and without TLS) configure the filter
+// the same way, forward_rules included.
 func TestExtProcConfigsAgree(t *testing.T) {
 	bs := loadBootstrap(t, "envoy.yaml")
 	base := checkFilterChain(t, httpFilters(t, bs.GetStaticResources().GetListeners()[0]))
-	base.ForwardRules = nil
-	for _, file := range []string{"istio/envoyfilter-gateway.yaml", "istio/envoyfilter-sidecar.yaml"} {
-		j := readYAMLAsJSON(t, file)
-		var obj struct {
-			Spec jsonRaw `json:"spec"`
+	for name, c := range matrix() {
+		if !strings.HasPrefix(name, "istio-") {
+			continue
 		}
-		if err := yaml.Unmarshal(j, &obj); err != nil {
+		ms, err := render(t, c)
+		if err != nil {
 			t.Fatal(err)
 		}
-		var ef istiov1alpha3.EnvoyFilter
-		unmarshal(t, file, obj.Spec, &ef)
-		for _, cp := range ef.GetConfigPatches() {
-			if cp.GetApplyTo() != istiov1alpha3.EnvoyFilter_HTTP_FILTER {
-				continue
-			}
-			value, _ := protojson.Marshal(cp.GetPatch().GetValue())
-			var f hcmv3.HttpFilter
-			unmarshal(t, file, value, &f)
-			var ep extprocv3.ExternalProcessor
-			if err := f.GetTypedConfig().UnmarshalTo(&ep); err != nil {
-				t.Fatal(err)
-			}
-			ep.ForwardRules = nil
-			if !proto.Equal(&ep, base) {
-				t.Errorf("%s configures ext_proc differently from envoy.yaml:\n%v\n%v", file, &ep, base)
-			}
+		r := checkRelease(t, ms)
+		if !proto.Equal(r.extProc, base) {
+			t.Errorf("%s configures ext_proc differently from envoy.yaml:\n%v\n%v", name, r.extProc, base)
 		}
 	}
 }
@@ -757,10 +570,19 @@ func TestCompose(t *testing.T) {
 	if image != "envoyproxy/envoy" || !envoyVersionAtLeast(tag, 1, 32) {
 		t.Errorf("envoy image %q: want the official image pinned to v1.32 or newer (header values in raw_value)", envoy.Image)
 	}
+	// The image is the Envoy release go-control-plane's envoy module
+	// (which validates envoy.yaml here) was generated from.
+	if want := "v" + strings.TrimPrefix(goControlPlaneVersion(t), "v"); tag != want {
+		t.Errorf("envoy image %q: want envoyproxy/envoy:%s, the release of the go-control-plane envoy module the configuration is validated with", envoy.Image, want)
+	}
 	var published bool
 	for _, port := range envoy.Ports {
 		if port.Target == 8080 && port.Published == "8080" {
 			published = true
+		}
+		// Envoy's admin page must not be published beyond loopback.
+		if port.Target == 9901 && port.HostIP != "127.0.0.1" {
+			t.Errorf("envoy publishes its admin port %d on %q", port.Target, port.HostIP)
 		}
 	}
 	if !published {
@@ -904,4 +726,22 @@ func TestLocalEnvoyRecipe(t *testing.T) {
 		`sed -e 's/address: proxysession/address: 127.0.0.1/' -e 's/address: demo/address: 127.0.0.1/' envoy/envoy.yaml`) {
 		t.Error("the README's recipe differs from the one tested here")
 	}
+}
+
+// goControlPlaneVersion is the version of go-control-plane's envoy module
+// these tests are built with (this module's go.mod requires it).
+func goControlPlaneVersion(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "github.com/envoyproxy/go-control-plane/envoy" {
+			return f[1]
+		}
+	}
+	t.Fatal("go-control-plane's envoy module is not a requirement of go.mod")
+	return ""
 }

@@ -65,6 +65,24 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 
+	// The build image is the Go version go.mod requires, and uses only
+	// the toolchain it has.
+	goLine := goDirective(t, "../go.mod")
+	if base := byName["build"].BaseName; base != "golang:"+goLine {
+		t.Errorf("build stage on %s: want golang:%s, the version of go.mod's go line (GOTOOLCHAIN=local fails on an older one)", base, goLine)
+	}
+	var local bool
+	for _, c := range byName["build"].Commands {
+		if e, ok := c.(*instructions.EnvCommand); ok {
+			for _, kv := range e.Env {
+				local = local || kv.Key == "GOTOOLCHAIN" && kv.Value == "local"
+			}
+		}
+	}
+	if !local {
+		t.Error("the build stage does not set GOTOOLCHAIN=local: a mismatched image would download another toolchain")
+	}
+
 	var build strings.Builder
 	for _, c := range byName["build"].Commands {
 		if r, ok := c.(*instructions.RunCommand); ok {
@@ -93,4 +111,20 @@ func TestDockerfile(t *testing.T) {
 	if health == nil || !slices.Equal(health.Health.Test, []string{"CMD", "/proxysession", "healthcheck"}) {
 		t.Errorf("HEALTHCHECK %+v, want CMD /proxysession healthcheck", health)
 	}
+}
+
+// goDirective returns the version of a go.mod's go line.
+func goDirective(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "go "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("%s has no go line", path)
+	return ""
 }

@@ -17,14 +17,23 @@ import (
 // eviction policy: when Valkey is full it evicts keys with a TTL (every
 // session key has one) instead of being killed or refusing writes.
 func TestValkeyMemoryIsBounded(t *testing.T) {
-	for _, m := range loadManifests(t, "istio/valkey.yaml") {
+	ms, err := render(t, matrix()["none/redis/tls=false"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, m := range ms {
 		if m.kind != "apps/v1/StatefulSet" {
 			continue
 		}
 		var sts appsv1.StatefulSet
 		strict(t, m, &sts)
 		c := sts.Spec.Template.Spec.Containers[0]
-		checkMaxmemory(t, "valkey.yaml", c.Args, c.Resources.Limits.Memory().Value())
+		checkMaxmemory(t, "the chart's Valkey", c.Args, c.Resources.Limits.Memory().Value())
+		found = true
+	}
+	if !found {
+		t.Error("the chart's redis mode bundles no Valkey")
 	}
 
 	root, _ := filepath.Abs("..")
