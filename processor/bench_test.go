@@ -18,12 +18,18 @@ import (
 // 4th response. (internal/cmd/extproc-bench measures the whole exchange
 // over gRPC against a no-op server.)
 func BenchmarkHandle(b *testing.B) {
+	benchHandle(b, context.Background(), Options{})
+}
+
+// benchHandle is BenchmarkHandle's loop with opts, its messages handled
+// with ctx as the stream's context.
+func benchHandle(b *testing.B, ctx context.Context, opts Options) {
 	cache, err := sessions.New(sessions.Config{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := New(cache, Options{Logger: slog.New(slog.DiscardHandler)})
-	ctx := context.Background()
+	opts.Logger = slog.New(slog.DiscardHandler)
+	srv := New(cache, opts)
 	const n = 1000
 	reqs := make([]*extprocv3.ProcessingRequest, n)
 	for i := range reqs {

@@ -25,6 +25,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -50,6 +51,10 @@ type Options struct {
 	// Metrics records message counts and latencies. Default: metrics
 	// that are not registered anywhere.
 	Metrics *Metrics
+	// TracerProvider, when not nil, gives each headers message a span
+	// (request_headers, response_headers), a child of the stream's span
+	// in the stream's context (see StatsHandler). Default: no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -58,6 +63,7 @@ type Server struct {
 	engine  Engine
 	log     *slog.Logger
 	metrics *Metrics
+	tracer  *sessions.Tracer // nil: no spans
 
 	warnedObservability atomic.Bool
 	warnedNoRequest     atomic.Bool
@@ -71,7 +77,7 @@ func New(engine Engine, opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics()
 	}
-	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics}
+	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, tracer: sessions.NewTracer(opts.TracerProvider)}
 }
 
 // Process serves one ext_proc stream: one HTTP request and its response.
@@ -163,9 +169,11 @@ func (s *Server) handle(ctx context.Context, st *streamState, req *extprocv3.Pro
 // requestHeaders swaps the session cookie for the jar's cookies.
 func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	start := time.Now()
+	ctx, span := s.tracer.Start(ctx, sessions.PhaseRequest, &st.x)
 	st.sawRequest = true
 	req := s.sessionRequest(ctx, h.GetHeaders())
 	if err := s.engine.Expand(ctx, &req, &st.x); err != nil {
+		span.End(&st.x, false, err)
 		return s.unavailable(ctx, phaseRequestHeaders, start, err)
 	}
 	// A request that shows no Cookie header gets one removed all the same:
@@ -186,6 +194,7 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 		reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
 	}
 	s.metrics.observe(phaseRequestHeaders, st.x.RewriteCookie, start)
+	span.End(&st.x, st.x.RewriteCookie, nil)
 	return &reply.resp
 }
 
@@ -193,6 +202,7 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 // cookie.
 func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	start := time.Now()
+	ctx, span := s.tracer.Start(ctx, sessions.PhaseResponse, &st.x)
 	if !st.sawRequest {
 		// Without the request we do not know the URL the cookies belong
 		// to: the engine rejects them, so they are dropped, not leaked.
@@ -214,6 +224,7 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 	}
 	edit, err := s.engine.Capture(ctx, &st.x, &resp)
 	if err != nil {
+		span.End(&st.x, false, err)
 		return s.unavailable(ctx, phaseResponseHeaders, start, err)
 	}
 	modified := edit.RemoveSetCookie || len(edit.SetCookie) > 0 || edit.CacheControl != ""
@@ -243,6 +254,7 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 		}
 	}
 	s.metrics.observe(phaseResponseHeaders, modified, start)
+	span.End(&st.x, modified, nil)
 	return &reply.resp
 }
 

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults for Config fields left zero.
@@ -85,6 +87,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// TracerProvider, when not nil, gives SessionHandler's requests a
+	// span for each phase (request_headers, response_headers; see
+	// Tracer), children of the span in the request's context. Default:
+	// no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Cache is the session engine. It keeps each user's backend cookies in a
@@ -106,7 +113,8 @@ type Cache struct {
 	sessionCookieAttrs string // "; Path=/; Max-Age=…; HttpOnly; Secure; SameSite=…"
 	expiredCookie      string // a Set-Cookie that deletes the session cookie
 
-	stats counters
+	stats  counters
+	tracer *Tracer // nil: no spans
 }
 
 // Validate reports every invalid setting of cfg in one error, or nil.
@@ -223,6 +231,7 @@ func New(cfg Config) (*Cache, error) {
 		now:         cfg.Now,
 		lifetime:    int64(cfg.Lifetime),
 		idleTimeout: int64(cfg.IdleTimeout),
+		tracer:      NewTracer(cfg.TracerProvider),
 	}
 	flags := "; HttpOnly"
 	if !cfg.InsecureCookie {
@@ -359,6 +368,12 @@ type Exchange struct {
 	session  *Session
 	stale    bool // the browser presented a session cookie that is not valid
 	conflict bool // the browser presented two different valid sessions
+
+	// What the exchange did, for tracing (see Stats): counts only.
+	stats     ExchangeStats
+	created   bool      // Capture created the session
+	ended     bool      // the exchange ended a session, for endReason
+	endReason EndReason // why, when ended
 }
 
 // HasSession reports whether the request belongs to a valid session.
@@ -407,6 +422,7 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 		return err
 	}
 	x.stale = sawSession && x.session == nil && !x.conflict
+	x.stats.UnknownSessionCookie = x.stale
 	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession || dropped)
 	return nil
 }
@@ -421,7 +437,7 @@ func (c *Cache) chooseSession(ctx context.Context, x *Exchange, values []string,
 		if slices.Contains(values[:i], value) {
 			continue
 		}
-		s, err := c.findSession(ctx, value, now)
+		s, err := c.findSession(ctx, x, value, now)
 		switch {
 		case err != nil:
 			return err
@@ -442,8 +458,8 @@ func (c *Cache) chooseSession(ctx context.Context, x *Exchange, values []string,
 }
 
 // findSession returns the valid session a session cookie value names, or
-// nil. It ends sessions found expired or idle.
-func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Session, error) {
+// nil. It ends sessions found expired or idle, noting it in x.
+func (c *Cache) findSession(ctx context.Context, x *Exchange, value string, now int64) (*Session, error) {
 	id, ok := ParseID(value)
 	if !ok {
 		c.stats.unknownSessionIDs.Add(1)
@@ -455,8 +471,11 @@ func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Sess
 	)
 	if live, ok := c.store.(liveStore); ok {
 		s = live.findAt(id, now)
-	} else if s, err = c.store.Find(ctx, id); err != nil {
-		return nil, fmt.Errorf("finding session: %w", err)
+	} else {
+		x.stats.StoreRoundTrips++
+		if s, err = c.store.Find(ctx, id); err != nil {
+			return nil, fmt.Errorf("finding session: %w", err)
+		}
 	}
 	if s == nil {
 		c.stats.unknownSessionIDs.Add(1)
@@ -464,10 +483,12 @@ func (c *Cache) findSession(ctx context.Context, value string, now int64) (*Sess
 	}
 	if reason := c.endReason(s, now); reason != notEnded {
 		c.stats.unknownSessionIDs.Add(1)
+		c.countRoundTrip(x)
 		if err := c.store.Delete(ctx, id); err != nil {
 			return nil, fmt.Errorf("ending session: %w", err)
 		}
 		c.stats.sessionsEnded[reason].Add(1)
+		x.ended, x.endReason = true, reason
 		c.log.LogAttrs(ctx, slog.LevelDebug, "session ended", slog.String("reason", reason.String()))
 		return nil, nil
 	}
@@ -501,6 +522,7 @@ func (c *Cache) cookieHeader(browser []browserCookie, x *Exchange, now int64, ch
 		idx = s.match(&x.origin, now, idxBuf[:0])
 	}
 	size := 0
+	x.stats.CookiesSent = len(idx)
 	for _, i := range idx {
 		size += len(s.cookies[i].pair) + 2
 	}
@@ -619,11 +641,13 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 	now := c.now().UnixNano()
 	ended := false
 	if logout && x.session != nil {
+		c.countRoundTrip(x)
 		if err := c.store.Delete(ctx, x.session.id); err != nil {
 			return edit, fmt.Errorf("ending session: %w", err)
 		}
 		c.stats.sessionsEnded[EndLogout].Add(1)
 		x.session, ended = nil, true
+		x.ended, x.endReason = true, EndLogout
 	}
 
 	edit.RemoveSetCookie = len(resp.SetCookie) > 0
@@ -638,12 +662,12 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 		created, ch = false, Changes{}
 	}
 	ch.New = created
-	if err := c.commit(ctx, s, created, &ch, journal != nil); err != nil {
+	if err := c.commit(ctx, x, s, created, &ch, journal != nil); err != nil {
 		return ResponseEdit{}, err
 	}
 	proxyCookie := false
 	if created {
-		x.session, x.stale = s, false
+		x.session, x.stale, x.created = s, false, true
 		edit.SetCookie = append(edit.SetCookie, c.cfg.CookieName+"="+s.id.CookieValue()+c.sessionCookieAttrs)
 		proxyCookie = true
 	} else if x.stale || ended {
@@ -678,6 +702,7 @@ func (c *Cache) captureCookies(ctx context.Context, x *Exchange, lines []string,
 		case c.isPassThrough(sc.name):
 			edit.SetCookie = append(edit.SetCookie, line)
 			c.stats.cookiesPassed.Add(1)
+			x.stats.CookiesPassed++
 			continue
 		case sc.name == c.cfg.CookieName:
 			reason = RejectSessionName
@@ -687,7 +712,7 @@ func (c *Cache) captureCookies(ctx context.Context, x *Exchange, lines []string,
 			reason = RejectSessionConflict
 		}
 		if reason != RejectNone {
-			c.reject(ctx, reason, sc.name)
+			c.reject(ctx, &x.stats, reason, sc.name)
 			continue
 		}
 		if s == nil {
@@ -695,7 +720,7 @@ func (c *Cache) captureCookies(ctx context.Context, x *Exchange, lines []string,
 			// it is committed, so it needs no lock.
 			s, created = newSession(newID(), now), true
 		}
-		c.storeCookie(ctx, s, &sc, &x.origin, now, journal)
+		c.storeCookie(ctx, &x.stats, s, &sc, &x.origin, now, journal)
 	}
 	if st, ok := c.store.(sizeTracker); ok && !created && s != nil && len(lines) > 0 {
 		st.resized(s) // a live session's jar changed size; s.mu is held
@@ -705,14 +730,16 @@ func (c *Cache) captureCookies(ctx context.Context, x *Exchange, lines []string,
 
 // commit stores a new session, or the journal of an existing one's
 // changes when the store keeps one (journaled) and there are any.
-func (c *Cache) commit(ctx context.Context, s *Session, created bool, ch *Changes, journaled bool) error {
+func (c *Cache) commit(ctx context.Context, x *Exchange, s *Session, created bool, ch *Changes, journaled bool) error {
 	switch {
 	case created:
+		c.countRoundTrip(x)
 		if err := c.store.Commit(ctx, s, ch); err != nil {
 			return fmt.Errorf("creating session: %w", err)
 		}
 		c.stats.sessionsCreated.Add(1)
 	case s != nil && journaled && !ch.Empty():
+		c.countRoundTrip(x)
 		if err := c.store.Commit(ctx, s, ch); err != nil {
 			return fmt.Errorf("saving session: %w", err)
 		}
@@ -721,27 +748,39 @@ func (c *Cache) commit(ctx context.Context, s *Session, created bool, ch *Change
 }
 
 // storeCookie stores one parsed backend cookie in s (locked) and counts
-// and logs the outcome.
-func (c *Cache) storeCookie(ctx context.Context, s *Session, sc *setCookie, o *origin, now int64, ch *Changes) {
+// and logs the outcome, in the exchange's xs too.
+func (c *Cache) storeCookie(ctx context.Context, xs *ExchangeStats, s *Session, sc *setCookie, o *origin, now int64, ch *Changes) {
 	res := s.setCookie(sc, o, now, &c.limits, ch)
 	switch {
 	case res.reject != RejectNone:
-		c.reject(ctx, res.reject, sc.name)
+		c.reject(ctx, xs, res.reject, sc.name)
 	case res.deleted:
 		c.stats.cookiesDeleted.Add(1)
+		xs.CookiesDeleted++
 	case res.stored:
 		c.stats.cookiesStored.Add(1)
+		xs.CookiesCaptured++
 	}
 	if res.evicted > 0 {
 		c.stats.cookiesEvicted.Add(uint64(res.evicted))
+		xs.CookiesEvicted += res.evicted
 		c.log.LogAttrs(ctx, slog.LevelInfo, "evicted backend cookies to stay within the session limits",
 			slog.Int("count", res.evicted))
 	}
 }
 
 // reject counts and logs a rejected Set-Cookie, without its value.
-func (c *Cache) reject(ctx context.Context, reason RejectReason, name string) {
+func (c *Cache) reject(ctx context.Context, xs *ExchangeStats, reason RejectReason, name string) {
 	c.stats.cookiesRejected[reason].Add(1)
+	xs.reject(reason)
 	c.log.LogAttrs(ctx, slog.LevelInfo, "rejected backend cookie",
 		slog.String("reason", reason.String()), slog.String("cookie", name))
+}
+
+// countRoundTrip counts a call to a store that is not in-process: one
+// network round trip (the memory store's calls are not counted).
+func (c *Cache) countRoundTrip(x *Exchange) {
+	if _, live := c.store.(liveStore); !live {
+		x.stats.StoreRoundTrips++
+	}
 }

@@ -67,7 +67,10 @@ func (h *sessionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		req.ForwardedProto = first(r.Header["X-Forwarded-Proto"])
 	}
 	sw := &sessionWriter{h: h, w: w, r: r, header: shallowClone(w.Header())}
-	if err := h.c.Expand(r.Context(), &req, &sw.x); err != nil {
+	ctx, span := h.c.tracer.Start(r.Context(), PhaseRequest, &sw.x)
+	err := h.c.Expand(ctx, &req, &sw.x)
+	span.End(&sw.x, sw.x.RewriteCookie, err)
+	if err != nil {
 		sw.fail(err)
 		return
 	}
@@ -173,7 +176,9 @@ func (w *sessionWriter) WriteHeader(code int) {
 	}
 	w.wroteHeader, w.status = true, code
 	resp := w.response()
-	edit, err := w.h.c.Capture(w.r.Context(), &w.x, &resp)
+	ctx, span := w.h.c.tracer.Start(w.r.Context(), PhaseResponse, &w.x)
+	edit, err := w.h.c.Capture(ctx, &w.x, &resp)
+	span.End(&w.x, edit.modifies(), err)
 	if err != nil {
 		w.fail(err)
 		return

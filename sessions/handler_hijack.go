@@ -288,7 +288,9 @@ func (c *hijackedConn) captureHead(h *responseHead, informational bool) (edit Re
 	// What follows a final response is not parsed: the client must not
 	// read a second response from the connection.
 	closeConn = h.code != http.StatusSwitchingProtocols && !tunnel
-	edit, err := c.w.h.c.Capture(c.w.r.Context(), &c.w.x, &h.fields)
+	ctx, span := c.w.h.c.tracer.Start(c.w.r.Context(), PhaseResponse, &c.w.x)
+	edit, err := c.w.h.c.Capture(ctx, &c.w.x, &h.fields)
+	span.End(&c.w.x, edit.modifies(), err)
 	if err != nil {
 		c.w.h.c.log.LogAttrs(c.w.r.Context(), slog.LevelError, "session store failed on a hijacked connection",
 			slog.String("error", err.Error()))
