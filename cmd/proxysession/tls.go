@@ -20,6 +20,10 @@ type certReloader struct {
 	certFile, keyFile, caFile string
 	interval                  time.Duration
 	log                       *slog.Logger
+	// flags names the files' flags in errors; nextProtos is the ALPN
+	// list (gRPC: h2 only).
+	flags      string
+	nextProtos []string
 
 	mu      sync.Mutex
 	checked time.Time
@@ -34,7 +38,13 @@ type fileStamp struct {
 }
 
 func newCertReloader(certFile, keyFile, caFile string, log *slog.Logger) (*certReloader, error) {
-	r := &certReloader{certFile: certFile, keyFile: keyFile, caFile: caFile, interval: time.Second, log: log}
+	return newCertReloaderFor("-tls-cert/-tls-key", []string{"h2"}, certFile, keyFile, caFile, log)
+}
+
+// newCertReloaderFor is newCertReloader for the files of flags, served
+// with the ALPN protocols nextProtos.
+func newCertReloaderFor(flags string, nextProtos []string, certFile, keyFile, caFile string, log *slog.Logger) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile, caFile: caFile, interval: time.Second, log: log, flags: flags, nextProtos: nextProtos}
 	stamps, err := r.stat()
 	if err != nil {
 		return nil, err
@@ -70,12 +80,12 @@ func (r *certReloader) stat() ([]fileStamp, error) {
 func (r *certReloader) load() (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tls: loading -tls-cert/-tls-key: %w", err)
+		return nil, fmt.Errorf("tls: loading %s: %w", r.flags, err)
 	}
 	config := &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"h2"}, // gRPC needs HTTP/2 by ALPN
+		NextProtos:   r.nextProtos, // gRPC needs HTTP/2 by ALPN
 	}
 	if r.caFile != "" {
 		pool, err := loadCertPool(r.caFile)
@@ -88,12 +98,12 @@ func (r *certReloader) load() (*tls.Config, error) {
 	return config, nil
 }
 
-// serverConfig is the tls.Config to give the gRPC server: each handshake
-// gets the current files' configuration.
+// serverConfig is the tls.Config to give the server: each handshake gets
+// the current files' configuration.
 func (r *certReloader) serverConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"h2"},
+		NextProtos: r.nextProtos,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			return r.current(), nil
 		},

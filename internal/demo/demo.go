@@ -50,6 +50,10 @@ type pageData struct {
 	Received    []*http.Cookie // what the backend received
 	ProxyCookie string
 	CSRF        string
+	// InSession says whether the request carried backend cookies other
+	// than the pass-through CSRF token: behind proxysession, only a
+	// browser that holds a session cookie sends those.
+	InSession bool
 }
 
 func (a *app) show(w http.ResponseWriter, r *http.Request) {
@@ -59,6 +63,9 @@ func (a *app) show(w http.ResponseWriter, r *http.Request) {
 	}
 	if c, err := r.Cookie(CSRFCookie); err == nil {
 		d.CSRF = c.Value
+	}
+	for _, c := range d.Received {
+		d.InSession = d.InSession || c.Name != CSRFCookie
 	}
 	slices.SortFunc(d.Received, func(a, b *http.Cookie) int { return strings.Compare(a.Name, b.Name) })
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -115,18 +122,22 @@ td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}.note{color:#555
 <code>remember_me</code> (Max-Age 30 days) and <code>XSRF-TOKEN</code> (read by JavaScript).</p>{{end}}
 
 <h2>Cookies the backend received</h2>
-{{if .Received}}<table><tr><th>name</th><th>value</th></tr>
+{{if .Received}}<table id="received"><tr><th>name</th><th>value</th></tr>
 {{range .Received}}<tr><td>{{.Name}}</td><td>{{.Value}}</td></tr>{{end}}</table>
-{{else}}<p>None.</p>{{end}}
+{{else}}<p id="received">None.</p>{{end}}
 <p class="note">proxysession keeps the backend's cookies in a server-side session and adds the ones that
 match this URL to every request: <code>account_tab</code> appears only under <code>/account/</code>.</p>
 
 <h2>Cookies your browser holds</h2>
 <p>Visible to this page's JavaScript: <code id="js-cookies"></code></p>
-<p class="note">Your browser also holds <code>{{.ProxyCookie}}</code>, proxysession's session cookie. It is
+{{if .InSession}}<p class="note" id="session-note">This request carried backend cookies that proxysession added
+from your session, so your browser holds <code>{{.ProxyCookie}}</code>, proxysession's session cookie. It is
 HttpOnly, so JavaScript cannot see it; open the developer tools (Application → Cookies) to check that it is
 the only other cookie: the backend's <code>sid</code> and <code>remember_me</code> never reached the browser.
 <code>XSRF-TOKEN</code> is on proxysession's pass-through list, so the browser gets it as the backend sent it.</p>
+{{else}}<p class="note" id="session-note">This request carried no session: your browser holds no
+<code>{{.ProxyCookie}}</code> that proxysession knows. proxysession sets it, HttpOnly, when the backend first
+sets a cookie (log in), and expires it when you log out.</p>{{end}}
 <script>document.getElementById("js-cookies").textContent = document.cookie || "(none)";</script>
 </body></html>
 `

@@ -77,3 +77,28 @@ func TestLogoutNeedsTheCSRFToken(t *testing.T) {
 		t.Errorf("logout: status %d, Clear-Site-Data %q", w.Code, w.Header().Get("Clear-Site-Data"))
 	}
 }
+
+// TestPageSaysWhetherTheBrowserHoldsASession: the page claims the
+// session cookie only when proxysession added session cookies to the
+// request; a CSRF token alone (the browser's own cookie) is no session.
+func TestPageSaysWhetherTheBrowserHoldsASession(t *testing.T) {
+	h := New("__Host-proxysession")
+	for _, tt := range []struct {
+		cookie string
+		want   string
+	}{
+		{"sid=alice.x; XSRF-TOKEN=tok", "so your browser holds <code>__Host-proxysession</code>"},
+		{"", "This request carried no session"},
+		{"XSRF-TOKEN=tok", "This request carried no session"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		if tt.cookie != "" {
+			r.Header.Set("Cookie", tt.cookie)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if body := w.Body.String(); !strings.Contains(body, tt.want) {
+			t.Errorf("Cookie %q: page lacks %q", tt.cookie, tt.want)
+		}
+	}
+}
