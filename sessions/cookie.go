@@ -151,7 +151,12 @@ const cookieEncodingV1 = 1
 // MarshalBinary encodes the cookie for a Store.
 func (c *Cookie) MarshalBinary() ([]byte, error) {
 	sc := c.scope.Value()
-	b := make([]byte, 0, 32+len(c.pair)+len(sc.domain)+len(sc.path))
+	return c.appendBinary(make([]byte, 0, 32+len(c.pair)+len(sc.domain)+len(sc.path))), nil
+}
+
+// appendBinary appends MarshalBinary's encoding of c to b.
+func (c *Cookie) appendBinary(b []byte) []byte {
+	sc := c.scope.Value()
 	b = append(b, cookieEncodingV1, byte(c.flags), byte(c.sameSite))
 	b = binary.BigEndian.AppendUint16(b, c.nameLen)
 	b = binary.BigEndian.AppendUint64(b, uint64(c.created))
@@ -161,7 +166,7 @@ func (c *Cookie) MarshalBinary() ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	return b, nil
+	return b
 }
 
 var errBadCookieEncoding = errors.New("sessions: malformed cookie encoding")

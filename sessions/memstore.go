@@ -208,6 +208,16 @@ func (l *memList) moveToFront(e *memEntry) {
 	l.pushFront(e)
 }
 
+// replace puts e in old's place, which old leaves. The caller adjusts
+// the store's bytes.
+func (l *memList) replace(old, e *memEntry) {
+	e.prev, e.next = old.prev, old.next
+	e.prev.next, e.next.prev = e, e
+	old.prev, old.next = nil, nil
+	l.bytes += int64(e.sizeBytes()) - int64(old.sizeBytes())
+	e.setProtected(l.isProtected())
+}
+
 // isProtected tells the segments apart: the protected list's sentinel
 // carries protectedBit.
 func (l *memList) isProtected() bool { return l.root.isProtected() }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/proxysession/proxysession/internal/seal"
 )
 
 // Store keeps sessions between requests. Like scs's stores, a Store
@@ -66,6 +68,10 @@ type Pinger interface {
 //
 // MemoryStore hands out live sessions: all exchanges of one session share
 // one *Session, whose mutex keeps its jar consistent.
+//
+// SaveStateFile and LoadStateFile keep the sessions across restarts, in a
+// file sealed like the Redis store's records: loaded sessions stay sealed
+// until a request presents their id.
 type MemoryStore struct {
 	// mu guards index, the segments and the entries' list fields and
 	// sizes. Lookups take it shared; everything that reorders takes it
@@ -78,7 +84,17 @@ type MemoryStore struct {
 	maxSessions, maxProtected int
 	maxBytes, maxProtectedB   int64
 
-	evictions atomic.Uint64
+	// Sessions loaded from a state file and still sealed (see
+	// LoadStateFile): they hold places in the segments like live ones,
+	// but are indexed by their verifier until their id wakes them.
+	// Guarded by mu.
+	dormant   map[[seal.VerifierSize]byte]*dormantEntry
+	dormantOf map[*memEntry]*dormantEntry
+	// dormantEnd is when every dormant session has ended (UnixNano).
+	dormantEnd int64
+
+	evictions     atomic.Uint64
+	undecryptable atomic.Uint64
 }
 
 // NewMemoryStore returns a MemoryStore that holds up to maxSessions
@@ -128,9 +144,16 @@ func (m *MemoryStore) findAt(id ID, now int64) *Session {
 	m.mu.RLock()
 	e := m.index[key]
 	protected := e != nil && e.isProtected()
+	dormant := e == nil && len(m.dormant) > 0
 	m.mu.RUnlock()
 	if e == nil {
-		return nil
+		if !dormant {
+			return nil
+		}
+		// Perhaps a session from the state file, whose id unseals it.
+		if e, protected = m.wake(id, now); e == nil {
+			return nil
+		}
 	}
 	s := e.s
 	// The secret is checked before the lookup counts as a use: a client
@@ -256,7 +279,7 @@ func (m *MemoryStore) resized(s *Session) {
 // protected, least recently used first), until the store is within its
 // limits. The caller holds m.mu.
 func (m *MemoryStore) evict() {
-	for len(m.index) > m.maxSessions || m.bytes > m.maxBytes {
+	for len(m.index)+len(m.dormant) > m.maxSessions || m.bytes > m.maxBytes {
 		v := m.probation.back()
 		if v == nil {
 			v = m.protected.back()
@@ -276,25 +299,38 @@ func (m *MemoryStore) unlink(e *memEntry) {
 	} else {
 		m.probation.remove(e)
 	}
-	delete(m.index, e.s.id.Key())
+	if e.s == nil {
+		d := m.dormantOf[e]
+		delete(m.dormant, d.verifier)
+		delete(m.dormantOf, e)
+	} else {
+		delete(m.index, e.s.id.Key())
+	}
 	m.bytes -= int64(e.sizeBytes())
 }
 
 // Delete implements Store.
 func (m *MemoryStore) Delete(_ context.Context, id ID) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if e := m.index[id.Key()]; e != nil && e.s.id.Equal(id) {
 		m.unlink(e)
+		m.mu.Unlock()
+		return nil
+	}
+	dormant := len(m.dormant) > 0
+	m.mu.Unlock()
+	if dormant {
+		m.deleteDormant(id)
 	}
 	return nil
 }
 
-// Len returns the number of sessions held.
+// Len returns the number of sessions held, sealed ones from a state file
+// included.
 func (m *MemoryStore) Len() int {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return len(m.index)
+	return len(m.index) + len(m.dormant)
 }
 
 // Bytes returns the estimated heap of the sessions held, which the store
@@ -312,5 +348,5 @@ func (m *MemoryStore) Evictions() uint64 { return m.evictions.Load() }
 func (m *MemoryStore) StoreStats() StoreStats {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return StoreStats{Sessions: len(m.index), Bytes: m.bytes, Evictions: m.evictions.Load()}
+	return StoreStats{Sessions: len(m.index) + len(m.dormant), Bytes: m.bytes, Evictions: m.evictions.Load(), Undecryptable: m.undecryptable.Load()}
 }

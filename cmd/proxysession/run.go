@@ -47,6 +47,9 @@ func (e *usageError) Unwrap() error { return e.err }
 type hooks struct {
 	// listening is told the bound addresses, before serving starts.
 	listening func(grpcAddr, adminAddr net.Addr)
+	// httpListening is told the reverse proxy's address (-http-addr),
+	// after listening.
+	httpListening func(net.Addr)
 	// draining is told when draining starts.
 	draining func()
 }
@@ -116,29 +119,50 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, h hooks) error {
 	log := newLogger(cfg, logOut)
 	cfg.Sessions.Logger = log
+	tracing, err := newTracing(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer tracing.shutdown()
+	cfg.Sessions.TracerProvider = tracing.provider
 	cache, closeStore, err := newCache(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
+	state, err := loadState(cfg, cache, log)
+	if err != nil {
+		return err
+	}
+	defer state.halt()
 	reg, metrics, err := newRegistry(cache)
 	if err != nil {
 		return err
 	}
-	grpcSrv, err := newGRPCServer(cfg, processor.New(cache, processor.Options{Logger: log, Metrics: metrics}), log)
+	if err := state.register(reg); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	grpcSrv, err := newGRPCServer(cfg, processor.New(cache, processor.Options{Logger: log, Metrics: metrics, TracerProvider: tracing.provider}), log, tracing.serverOptions()...)
 	if err != nil {
 		return err
 	}
 	var draining atomic.Bool
 	admin := &adminServer{srv: &http.Server{Handler: adminHandler(cache, reg, &draining), ReadHeaderTimeout: 5 * time.Second}, log: log}
-	if err := listenAll(cfg, grpcSrv, admin); err != nil {
+	proxy, err := newHTTPProxy(cfg, cache, reg, log)
+	if err != nil {
+		return err
+	}
+	if err := listenAll(cfg, grpcSrv, admin, proxy); err != nil {
 		return err
 	}
 	if h.listening != nil {
-		h.listening(grpcSrv.lis.Addr(), admin.lis.Addr())
+		h.listening(listenerAddr(grpcSrv.lis), admin.lis.Addr())
+	}
+	if h.httpListening != nil && proxy != nil {
+		h.httpListening(proxy.lis.Addr())
 	}
 	log.Info("proxysession serving",
-		slog.String("grpc", grpcSrv.lis.Addr().String()), slog.String("admin", admin.lis.Addr().String()),
+		slog.String("grpc", addrOrOff(listenerAddr(grpcSrv.lis))), slog.String("admin", admin.lis.Addr().String()), slog.String("http", proxy.addr()),
 		slog.Bool("tls", cfg.TLSCert != ""), slog.Bool("mtls", cfg.TLSClientCA != ""),
 		slog.String("store", cfg.Store), slog.String("cookie", cache.CookieName()))
 
@@ -157,7 +181,11 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, h hooks) e
 		if cfg.DrainDelay > 0 && !failed {
 			time.Sleep(cfg.DrainDelay)
 		}
-	}, grpcSrv, admin)
+	}, frontends(grpcSrv, proxy), admin)
+	// The servers have stopped: no exchange changes the sessions now.
+	if serr := state.close(); err == nil && serr != nil {
+		err = fmt.Errorf("writing the state file: %w", serr)
+	}
 	if err != nil {
 		return err
 	}
@@ -229,16 +257,23 @@ func runServers(ctx context.Context, drain func(failed bool), servers ...server)
 	return serveErr
 }
 
-// listenAll opens the listeners of the gRPC and admin servers, or
-// neither.
-func listenAll(cfg *config.Config, g *grpcServer, a *adminServer) error {
+// listenAll opens the listeners of the gRPC (unless -grpc-addr is off),
+// admin and reverse-proxy (with -http-addr) servers, or none.
+func listenAll(cfg *config.Config, g *grpcServer, a *adminServer, p *httpProxy) error {
 	var err error
-	if g.lis, err = listen(cfg.GRPCAddr); err != nil {
-		return err
+	if cfg.GRPCAddr != "" {
+		if g.lis, err = listen(cfg.GRPCAddr); err != nil {
+			return err
+		}
 	}
 	if a.lis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-		g.lis.Close()
+		closeListener(g.lis)
 		return fmt.Errorf("admin listener: %w", err)
+	}
+	if err := p.listen(); err != nil {
+		closeListener(g.lis)
+		a.lis.Close()
+		return err
 	}
 	return nil
 }
@@ -254,12 +289,12 @@ type grpcServer struct {
 
 // newGRPCServer returns the gRPC server of proc, over TLS when cfg has a
 // certificate.
-func newGRPCServer(cfg *config.Config, proc *processor.Server, log *slog.Logger) (*grpcServer, error) {
+func newGRPCServer(cfg *config.Config, proc *processor.Server, log *slog.Logger, extra ...grpc.ServerOption) (*grpcServer, error) {
 	// Envoy may send HTTP/2 keepalive pings (connection_keepalive); grpc-go
 	// would answer pings more often than every 5 minutes with GOAWAY.
-	opts := []grpc.ServerOption{
+	opts := append([]grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	}
+	}, extra...)
 	if cfg.TLSCert != "" {
 		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, log)
 		if err != nil {

@@ -32,11 +32,22 @@ type Config struct {
 	LogFormat                    string // text or json
 	LogLevel                     slog.Level
 	ShutdownGrace, DrainDelay    time.Duration
+	// Tracing turns on OpenTelemetry tracing, configured by the standard
+	// OTEL_* environment variables.
+	Tracing bool
+
 	// Sessions configures the session engine (Logger and Store unset).
 	Sessions sessions.Config
 	// Store is "memory" or "redis"; Redis configures the latter.
 	Store string
 	Redis Redis
+	// StateFile, with the memory store, is where the sessions are kept
+	// across restarts: written on shutdown and every StateInterval (0:
+	// only on shutdown), loaded at start. Empty: not kept.
+	StateFile     string
+	StateInterval time.Duration
+	// HTTP is the reverse-proxy mode; off when HTTP.Addr is empty.
+	HTTP HTTPProxy
 
 	cookieSecure                       bool
 	sameSite, passThrough, rawLogLevel string
@@ -256,13 +267,17 @@ func (cfg *Config) options() *options {
 	o.duration(&cfg.Redis.Timeout, "redis-timeout", redisstore.DefaultTimeout, "bound on each Redis operation; keep it well under Envoy's message_timeout (200ms)")
 	o.str(&cfg.Redis.KeyPrefix, "redis-key-prefix", redisstore.DefaultKeyPrefix, "prefix of proxysession's Redis keys")
 	o.integer(&cfg.Redis.WaitReplicas, "redis-wait-replicas", 0, "with a single server or Sentinel: each write waits, for half of -redis-timeout at most, until this many replicas have it (Redis WAIT), so that a failover loses none it confirmed in time; 0 does not wait")
+	o.str(&cfg.StateFile, "state-file", "", "with -store memory: keep the sessions in this file across restarts (written sealed, mode 0600, on shutdown and every -state-interval; loaded at start); its directory must be writable")
+	o.duration(&cfg.StateInterval, "state-interval", time.Minute, "with -state-file: also write the file this often, bounding what a crash loses (0: only on shutdown)")
 	o.str(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	o.str(&cfg.rawLogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	o.boolean(&cfg.Tracing, "tracing", false, "OpenTelemetry tracing of ext_proc streams, continuing Envoy's traces; configured by the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME, ...)")
 	o.str(&cfg.TLSCert, "tls-cert", "", "PEM certificate for gRPC over TLS; reloaded when the file changes")
 	o.str(&cfg.TLSKey, "tls-key", "", "PEM private key for -tls-cert")
 	o.str(&cfg.TLSClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mTLS)")
 	o.duration(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, keep accepting new streams this long after reporting not ready, while Envoy's health checks and Kubernetes endpoints catch up (5s in Kubernetes)")
 	o.duration(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, after -drain-delay, how long in-flight streams may take to finish")
+	cfg.HTTP.options(o)
 	return o
 }
 
@@ -342,7 +357,8 @@ func (cfg *Config) finish() []error {
 	if err := sc.Validate(); err != nil {
 		errs = append(errs, errors.Unwrap(err))
 	}
-	if cfg.GRPCAddr == "" {
+	errs = append(errs, cfg.finishHTTP()...)
+	if cfg.GRPCAddr == "" && cfg.HTTP.Addr == "" {
 		errs = append(errs, errors.New("-grpc-addr: must not be empty"))
 	} else if strings.HasPrefix(cfg.GRPCAddr, "unix:") && SocketPath(cfg.GRPCAddr) == "" {
 		errs = append(errs, fmt.Errorf("-grpc-addr: %q names no socket path (use unix:///path/to.sock)", cfg.GRPCAddr))
@@ -357,6 +373,7 @@ func (cfg *Config) finish() []error {
 		errs = append(errs, errors.New("-tls-client-ca: needs -tls-cert and -tls-key (mTLS is TLS with client certificates)"))
 	}
 	errs = append(errs, cfg.finishStore()...)
+	errs = append(errs, cfg.finishState()...)
 	switch cfg.LogFormat {
 	case "text", "json":
 	default:
@@ -370,6 +387,18 @@ func (cfg *Config) finish() []error {
 	}
 	if cfg.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("-drain-delay: %v must not be negative", cfg.DrainDelay))
+	}
+	return errs
+}
+
+// finishState validates the state file settings.
+func (cfg *Config) finishState() []error {
+	var errs []error
+	if cfg.StateFile != "" && cfg.Store == "redis" {
+		errs = append(errs, errors.New("-state-file: only with -store memory (Redis keeps the sessions itself)"))
+	}
+	if cfg.StateInterval < 0 || cfg.StateInterval > 0 && cfg.StateInterval < time.Second {
+		errs = append(errs, fmt.Errorf("-state-interval: %v: 0 (only on shutdown) or at least 1s", cfg.StateInterval))
 	}
 	return errs
 }
