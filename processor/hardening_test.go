@@ -1,11 +1,15 @@
 package processor_test
 
 import (
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/proxysession/proxysession/processor"
 	"github.com/proxysession/proxysession/processor/envoytest"
 	"github.com/proxysession/proxysession/processor/extproctest"
 	"github.com/proxysession/proxysession/sessions"
@@ -79,4 +83,53 @@ func TestHiddenHeadersFailClosed(t *testing.T) {
 			t.Errorf("mutation %v, want set-cookie removed", m)
 		}
 	})
+}
+
+// TestClearRouteCache: with the option, a request reply that rewrites the
+// Cookie header asks Envoy to choose the route again; a reply that leaves
+// the header alone does not, and response replies never do.
+func TestClearRouteCache(t *testing.T) {
+	for _, enabled := range []bool{false, true} {
+		cache, err := sessions.New(sessions.Config{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := extproctest.NewServer(cache, processor.Options{Logger: slog.New(slog.DiscardHandler), ClearRouteCache: enabled})
+		t.Cleanup(srv.Close)
+		exchange := func(cookie string, setCookie ...string) (req, resp *extprocv3.CommonResponse) {
+			stream, err := srv.Client.Process(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			kv := []string{":authority", "app.test", ":path", "/", ":method", "GET", ":scheme", "https"}
+			if cookie != "" {
+				kv = append(kv, "cookie", cookie)
+			}
+			req = extproctest.Send(t, stream, envoytest.RequestHeaders(kv...)).GetRequestHeaders().GetResponse()
+			rkv := []string{":status", "200"}
+			for _, sc := range setCookie {
+				rkv = append(rkv, "set-cookie", sc)
+			}
+			resp = extproctest.Send(t, stream, envoytest.ResponseHeaders(rkv...)).GetResponseHeaders().GetResponse()
+			return req, resp
+		}
+		_, login := exchange("theme=dark", "sid=1")
+		var session string
+		for _, h := range login.GetHeaderMutation().GetSetHeaders() {
+			if v := string(h.GetHeader().GetRawValue()); strings.HasPrefix(v, sessions.DefaultCookieName+"=") {
+				session, _, _ = strings.Cut(v, ";")
+			}
+		}
+		if session == "" {
+			t.Fatal("no session cookie issued")
+		}
+		rewritten, resp := exchange(session + "; theme=dark")
+		untouched, _ := exchange("theme=dark")
+		if got := rewritten.GetClearRouteCache(); got != enabled {
+			t.Errorf("ClearRouteCache %v: rewritten Cookie header asks to clear: %v", enabled, got)
+		}
+		if untouched.GetClearRouteCache() || resp.GetClearRouteCache() || login.GetClearRouteCache() {
+			t.Errorf("ClearRouteCache %v: cleared without a Cookie rewrite, or on a response", enabled)
+		}
+	}
 }

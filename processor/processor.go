@@ -55,6 +55,12 @@ type Options struct {
 	// (request_headers, response_headers), a child of the stream's span
 	// in the stream's context (see StatsHandler). Default: no spans.
 	TracerProvider trace.TracerProvider
+	// ClearRouteCache asks Envoy to choose the route again when a reply
+	// rewrites the Cookie header. Envoy picks the route before ext_proc
+	// runs, so routes that match on cookies otherwise see the browser's
+	// session cookie, not the backend cookies proxysession puts in. It
+	// costs Envoy a second route lookup for each such request.
+	ClearRouteCache bool
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -64,6 +70,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	tracer  *sessions.Tracer // nil: no spans
+
+	clearRouteCache bool
 
 	warnedObservability atomic.Bool
 	warnedNoRequest     atomic.Bool
@@ -77,7 +85,8 @@ func New(engine Engine, opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics()
 	}
-	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, tracer: sessions.NewTracer(opts.TracerProvider)}
+	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, tracer: sessions.NewTracer(opts.TracerProvider),
+		clearRouteCache: opts.ClearRouteCache}
 }
 
 // Process serves one ext_proc stream: one HTTP request and its response.
@@ -193,6 +202,9 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 	default:
 		reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
 	}
+	// Envoy clears the route cache only with a header mutation, and only
+	// on the request path.
+	reply.common.ClearRouteCache = s.clearRouteCache && st.x.RewriteCookie
 	s.metrics.observe(phaseRequestHeaders, st.x.RewriteCookie, start)
 	span.End(&st.x, st.x.RewriteCookie, nil)
 	return &reply.resp

@@ -142,7 +142,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, h hooks) e
 	if err := state.register(reg); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	grpcSrv, err := newGRPCServer(cfg, processor.New(cache, processor.Options{Logger: log, Metrics: metrics, TracerProvider: tracing.provider}), log, tracing.serverOptions()...)
+	grpcSrv, err := newGRPCServer(cfg, processor.New(cache, processor.Options{Logger: log, Metrics: metrics, TracerProvider: tracing.provider, ClearRouteCache: cfg.ClearRouteCache}), log, tracing.serverOptions()...)
 	if err != nil {
 		return err
 	}

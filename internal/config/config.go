@@ -41,6 +41,9 @@ type Config struct {
 	// Store is "memory" or "redis"; Redis configures the latter.
 	Store string
 	Redis Redis
+	// ClearRouteCache asks Envoy to choose the route again when
+	// proxysession rewrote the Cookie header (processor.Options).
+	ClearRouteCache bool
 	// StateFile, with the memory store, is where the sessions are kept
 	// across restarts: written on shutdown and every StateInterval (0:
 	// only on shutdown), loaded at start. Empty: not kept.
@@ -267,6 +270,7 @@ func (cfg *Config) options() *options {
 	o.duration(&cfg.Redis.Timeout, "redis-timeout", redisstore.DefaultTimeout, "bound on each Redis operation; keep it well under Envoy's message_timeout (200ms)")
 	o.str(&cfg.Redis.KeyPrefix, "redis-key-prefix", redisstore.DefaultKeyPrefix, "prefix of proxysession's Redis keys")
 	o.integer(&cfg.Redis.WaitReplicas, "redis-wait-replicas", 0, "with a single server or Sentinel: each write waits, for half of -redis-timeout at most, until this many replicas have it (Redis WAIT), so that a failover loses none it confirmed in time; 0 does not wait")
+	o.boolean(&cfg.ClearRouteCache, "clear-route-cache", false, "ask Envoy to choose the route again after proxysession rewrote the Cookie header, for routes that match on cookies (a second route lookup per such request)")
 	o.str(&cfg.StateFile, "state-file", "", "with -store memory: keep the sessions in this file across restarts (written sealed, mode 0600, on shutdown and every -state-interval; loaded at start); its directory must be writable")
 	o.duration(&cfg.StateInterval, "state-interval", time.Minute, "with -state-file: also write the file this often, bounding what a crash loses (0: only on shutdown)")
 	o.str(&cfg.LogFormat, "log-format", "text", "log format: text or json")
