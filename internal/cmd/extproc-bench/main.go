@@ -42,7 +42,7 @@ func main() {
 		connections = flag.Int("connections", 2, "gRPC connections (Envoy: one per worker thread)")
 		rounds      = flag.Int("rounds", 3, "alternating rounds per target; the report shows medians")
 		nSessions   = flag.Int("sessions", 1000, "established sessions, each with 3 backend cookies")
-		targets     = flag.String("targets", "noop,proxysession", "servers to measure, comma-separated: noop, proxysession, proxysession-redis")
+		targets     = flag.String("targets", "noop,proxysession", "servers to measure, comma-separated: noop, proxysession, proxysession-redis; a -forward-rules suffix sends only the headers Envoy's forward_rules let through (processor.ForwardedHeaders)")
 		redisAddr   = flag.String("redis-addr", "", "Redis for the proxysession-redis target (e.g. a local redis-server on 127.0.0.1:6379)")
 		cpuProfile  = flag.String("server-cpuprofile", "", "write a CPU profile of each server to this file, suffixed with the target's name")
 	)
@@ -199,7 +199,8 @@ func (s *server) stop() {
 
 // measure runs warm-up and measured load against a fresh server.
 func (b *bench) measure(kind string) (result, error) {
-	srv, err := b.startServer(kind)
+	server, forwardRules := strings.CutSuffix(kind, "-forward-rules")
+	srv, err := b.startServer(server)
 	if err != nil {
 		return result{}, err
 	}
@@ -213,7 +214,7 @@ func (b *bench) measure(kind string) (result, error) {
 		defer conn.Close()
 		clients[i] = extprocv3.NewExternalProcessorClient(conn)
 	}
-	w, err := newWorkload(clients[0], b.sessions)
+	w, err := newWorkload(clients[0], b.sessions, forwardRules)
 	if err != nil {
 		return result{}, err
 	}

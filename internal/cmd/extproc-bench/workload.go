@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
+	"github.com/proxysession/proxysession/processor"
 	"github.com/proxysession/proxysession/processor/envoytest"
 	"github.com/proxysession/proxysession/sessions"
 )
@@ -94,9 +96,14 @@ func responseMsg(setCookie bool) *extprocv3.ProcessingRequest {
 }
 
 // newWorkload logs in n sessions, each with three 35-byte backend
-// cookies, and prepares a request message for each.
-func newWorkload(client extprocv3.ExternalProcessorClient, n int) (*workload, error) {
+// cookies, and prepares a request message for each. With forwardRules,
+// every message carries only the headers proxysession reads, as Envoy's
+// forward_rules send them.
+func newWorkload(client extprocv3.ExternalProcessorClient, n int, forwardRules bool) (*workload, error) {
 	w := &workload{response: responseMsg(false), withCookies: responseMsg(true)}
+	if forwardRules {
+		defer w.forwardOnly(processor.ForwardedHeaders())
+	}
 	login := responseMsg(false)
 	hm := login.GetResponseHeaders().Headers
 	for _, c := range []string{"sid", "user", "prefs"} {
@@ -116,6 +123,17 @@ func newWorkload(client extprocv3.ExternalProcessorClient, n int) (*workload, er
 		w.requests = append(w.requests, envoytest.RealisticRequest(sessions.DefaultCookieName+"="+value+"; theme=dark"))
 	}
 	return w, nil
+}
+
+// forwardOnly drops from every prepared message the headers not in keep.
+func (w *workload) forwardOnly(keep []string) {
+	for _, m := range append([]*extprocv3.ProcessingRequest{w.response, w.withCookies}, w.requests...) {
+		hm := m.GetRequestHeaders().GetHeaders()
+		if hm == nil {
+			hm = m.GetResponseHeaders().GetHeaders()
+		}
+		hm.Headers = slices.DeleteFunc(hm.Headers, func(h *corev3.HeaderValue) bool { return !slices.Contains(keep, h.GetKey()) })
+	}
 }
 
 // exchange is one HTTP request as Envoy sees it: a new stream, request
