@@ -15,6 +15,9 @@ ARG TARGETOS TARGETARCH
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/proxysession ./cmd/demo-backend
+# The state file's directory (-state-file): a fresh named volume mounted
+# there takes this ownership and mode.
+RUN mkdir -p /out/state
 
 FROM gcr.io/distroless/static-debian12:nonroot AS demo
 COPY --from=build /out/demo-backend /demo-backend
@@ -24,6 +27,7 @@ ENTRYPOINT ["/demo-backend"]
 
 FROM gcr.io/distroless/static-debian12:nonroot AS proxysession
 COPY --from=build /out/proxysession /proxysession
+COPY --from=build --chown=65532:65532 --chmod=0700 /out/state /var/lib/proxysession
 USER 65532:65532
 # 9002: ext_proc gRPC; 9090: admin (/healthz, /readyz, /metrics)
 EXPOSE 9002 9090

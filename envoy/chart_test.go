@@ -1,12 +1,18 @@
 package envoy_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +22,10 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/encoding/protojson"
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/common"
@@ -29,6 +39,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwapiv1b1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/proxysession/proxysession/internal/config"
 	"github.com/proxysession/proxysession/processor"
@@ -38,6 +49,13 @@ const (
 	chartDir   = "../charts/proxysession"
 	releaseNS  = "proxysession"
 	releaseNam = "proxysession"
+
+	// The observability files the chart carries copies of (.Files.Get
+	// reads only inside the chart).
+	dashboardSource = "../observability/grafana/proxysession.json"
+	alertsSource    = "../observability/prometheus/alerts.yaml"
+	dashboardCopy   = chartDir + "/files/proxysession.json"
+	alertsCopy      = chartDir + "/files/alerts.yaml"
 )
 
 // render renders the chart as `helm template` does (Helm's own SDK, a
@@ -122,6 +140,7 @@ func matrix() map[string]map[string]any {
 					"tls":   map[string]any{"enabled": tls, "certManager": map[string]any{"issuerRef": map[string]any{"name": "ca"}}},
 					"metrics": map[string]any{"serviceMonitor": map[string]any{"enabled": true},
 						"prometheusRule": map[string]any{"enabled": true}},
+					"dashboards": map[string]any{"enabled": true},
 				}
 				if store == "redis" {
 					v["store"] = map[string]any{"type": "redis",
@@ -213,6 +232,16 @@ func TestChartRefuses(t *testing.T) {
 		"short drain delay":          {map[string]any{"drain": map[string]any{"delay": "10s"}}, "drain.delay"},
 		"GOMEMLIMIT at the limit":    {map[string]any{"goMemLimitPercent": 100}, "goMemLimitPercent"},
 		"tls without an issuer":      {map[string]any{"tls": map[string]any{"enabled": true}}, "issuerRef.name"},
+		// The kubelet would make the state file group-readable at each
+		// mount, and proxysession would refuse it.
+		"persistence with fsGroupChangePolicy Always": {map[string]any{"podSecurityContext": map[string]any{"fsGroupChangePolicy": "Always"}}, "fsGroupChangePolicy"},
+		"persistence without fsGroup":                 {map[string]any{"podSecurityContext": map[string]any{"fsGroup": nil}}, "fsGroup"},
+		"a state interval under 1s":                   {map[string]any{"store": map[string]any{"memory": map[string]any{"persistence": map[string]any{"interval": "500ms"}}}}, "interval"},
+		"a state interval that is no duration":        {map[string]any{"store": map[string]any{"memory": map[string]any{"persistence": map[string]any{"interval": "often"}}}}, "interval"},
+		"tracing without an endpoint":                 {map[string]any{"tracing": map[string]any{"enabled": true}}, "tracing.endpoint"},
+		"tracing over another protocol":               {map[string]any{"tracing": map[string]any{"enabled": true, "endpoint": "http://otel:4318", "protocol": "http/json"}}, "protocol"},
+		"a sampler the SDK does not know":             {map[string]any{"tracing": map[string]any{"enabled": true, "endpoint": "http://otel:4318", "sampler": "jaeger_remote"}}, "sampler"},
+		"a sampling ratio above 1":                    {map[string]any{"tracing": map[string]any{"enabled": true, "endpoint": "http://otel:4318", "samplerArg": "10"}}, "samplerArg"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := render(t, tc.vals)
@@ -241,6 +270,9 @@ type release struct {
 	serviceMonitor  *monitoringv1.ServiceMonitor
 	rule            *monitoringv1.PrometheusRule
 	certs           []certificate
+	pvcs            []*corev1.PersistentVolumeClaim
+	dashboard       *corev1.ConfigMap
+	env             map[string]string // the container's plain environment
 }
 
 // certificate is the part of a cert-manager Certificate the chart sets,
@@ -333,6 +365,16 @@ func checkRelease(t *testing.T, ms []manifest) *release {
 			var c certificate
 			strict(t, m, &c)
 			r.certs = append(r.certs, c)
+		case "v1/PersistentVolumeClaim":
+			pvc := &corev1.PersistentVolumeClaim{}
+			strict(t, m, pvc)
+			r.pvcs = append(r.pvcs, pvc)
+		case "v1/ConfigMap":
+			if r.dashboard != nil {
+				t.Error("two ConfigMaps")
+			}
+			r.dashboard = &corev1.ConfigMap{}
+			strict(t, m, r.dashboard)
 		default:
 			t.Errorf("unexpected object %s %s", m.kind, m.name)
 		}
@@ -344,7 +386,15 @@ func checkRelease(t *testing.T, ms []manifest) *release {
 		t.Fatal("no Deployment")
 	}
 	r.cfg, _ = checkDeployment(t, "chart", r.deploy)
+	r.env = map[string]string{}
+	for _, e := range r.deploy.Spec.Template.Spec.Containers[0].Env {
+		if e.ValueFrom == nil {
+			r.env[e.Name] = e.Value
+		}
+	}
 	checkChartDeployment(t, r)
+	checkPersistence(t, r)
+	checkTracing(t, r)
 	checkServices(t, r)
 	checkNetworkPolicies(t, r)
 	checkTLS(t, r)
@@ -355,6 +405,7 @@ func checkRelease(t *testing.T, ms []manifest) *release {
 		checkExtensionPolicy(t, r)
 	}
 	checkMonitoring(t, r)
+	checkDashboard(t, r)
 	return r
 }
 
@@ -570,7 +621,8 @@ func checkTLS(t *testing.T, r *release) {
 	cfg := r.cfg
 	c := r.deploy.Spec.Template.Spec
 	if cfg.TLSCert == "" {
-		if len(r.certs) > 0 || len(c.Volumes) > 0 {
+		secretVolumes := slices.ContainsFunc(c.Volumes, func(v corev1.Volume) bool { return v.Secret != nil })
+		if len(r.certs) > 0 || secretVolumes {
 			t.Error("certificates without TLS")
 		}
 		return
@@ -872,12 +924,506 @@ func checkMonitoring(t *testing.T, r *release) {
 			if strings.Count(expr, "(") != strings.Count(expr, ")") {
 				t.Errorf("alert %s: unbalanced %s", rule.Alert, expr)
 			}
-			if rule.Alert == "ProxysessionNoTraffic" {
+			if strings.HasPrefix(rule.Alert, "ProxysessionNoTraffic") {
 				noTraffic = strings.Contains(expr, `proxysession_messages_total`) && strings.Contains(expr, "unless")
 			}
 		}
 	}
 	if !noTraffic && (r.envoyFilter != nil || r.eep != nil) {
 		t.Error("no alert for a gateway with traffic while proxysession receives none (an integration that matches nothing)")
+	}
+	checkRuleExprs(t, r.rule, job)
+	checkRulesCarried(t, r)
+}
+
+// checkPersistence: with a state file (store.memory.persistence) the
+// sessions live on a ReadWriteOnce claim mounted where the file is, which
+// one pod at a time writes; the kubelet leaves the file's mode alone
+// (fsGroupChangePolicy OnRootMismatch: with Always it would make the file
+// group-readable at each mount, and proxysession would refuse it), and the
+// grace period leaves time to write it. Without a state file, no volume.
+func checkPersistence(t *testing.T, r *release) {
+	t.Helper()
+	pod := r.deploy.Spec.Template.Spec
+	isClaim := func(v corev1.Volume) bool { return v.PersistentVolumeClaim != nil }
+	if r.cfg.StateFile == "" {
+		if len(r.pvcs) > 0 || slices.ContainsFunc(pod.Volumes, isClaim) {
+			t.Errorf("a PersistentVolumeClaim (%d) or claim volume without a state file", len(r.pvcs))
+		}
+		return
+	}
+	if r.cfg.Store != "memory" {
+		t.Errorf("a state file with the %s store", r.cfg.Store)
+	}
+	dir := filepath.Dir(r.cfg.StateFile)
+	var claim string
+	for _, m := range pod.Containers[0].VolumeMounts {
+		for _, v := range pod.Volumes {
+			if m.MountPath == dir && !m.ReadOnly && m.SubPath == "" && v.Name == m.Name && v.PersistentVolumeClaim != nil && !v.PersistentVolumeClaim.ReadOnly {
+				claim = v.PersistentVolumeClaim.ClaimName
+			}
+		}
+	}
+	if claim == "" {
+		t.Fatalf("the state file %s is on no writable PersistentVolumeClaim: it would go with the pod", r.cfg.StateFile)
+	}
+	// The chart's claim, or (existingClaim) the user's.
+	switch len(r.pvcs) {
+	case 0:
+	case 1:
+		pvc := r.pvcs[0]
+		if pvc.Name != claim || pvc.Namespace != r.deploy.Namespace {
+			t.Errorf("the pod mounts claim %s, the chart creates %s/%s", claim, pvc.Namespace, pvc.Name)
+		}
+		if !slices.Equal(pvc.Spec.AccessModes, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}) {
+			t.Errorf("claim access modes %v: want ReadWriteOnce (one pod's file)", pvc.Spec.AccessModes)
+		}
+		if size := pvc.Spec.Resources.Requests.Storage(); size.IsZero() {
+			t.Error("the claim requests no storage")
+		}
+	default:
+		t.Errorf("%d PersistentVolumeClaims", len(r.pvcs))
+	}
+	psc := pod.SecurityContext
+	if psc == nil || psc.FSGroup == nil || psc.FSGroupChangePolicy == nil || *psc.FSGroupChangePolicy != corev1.FSGroupChangeOnRootMismatch {
+		t.Errorf("pod securityContext %+v: want an fsGroup and fsGroupChangePolicy OnRootMismatch (Always makes the state file group-readable and proxysession refuses it)", psc)
+	}
+	// One writer: never two pods on the file (a second would overwrite
+	// the first's sessions, and a ReadWriteOnce volume would keep the new
+	// pod waiting for the old one's node anyway).
+	if *r.deploy.Spec.Replicas != 1 || r.deploy.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("a state file with %d replicas and strategy %s", *r.deploy.Spec.Replicas, r.deploy.Spec.Strategy.Type)
+	}
+	// The file is written after the servers have stopped: the grace
+	// period covers the drain, the streams, the admin server (5s) and
+	// 10s of writing.
+	tgp := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+	if tgp < r.cfg.DrainDelay+r.cfg.ShutdownGrace+5*time.Second+10*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %v: no time left to write the state file after drain %v + grace %v + admin 5s", tgp, r.cfg.DrainDelay, r.cfg.ShutdownGrace)
+	}
+}
+
+// otelSamplers are the OTEL_TRACES_SAMPLER values the Go SDK knows.
+var otelSamplers = []string{"always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"}
+
+// checkTracing: with PROXYSESSION_TRACING the OTEL_* environment is one
+// proxysession accepts (tracing.go's exporter choice: otlp over
+// http/protobuf or grpc) and the OpenTelemetry SDK reads without
+// complaint; without it, no OTEL_* variable.
+func checkTracing(t *testing.T, r *release) {
+	t.Helper()
+	var otelVars []string
+	for k := range r.env {
+		if strings.HasPrefix(k, "OTEL_") {
+			otelVars = append(otelVars, k)
+		}
+	}
+	if !r.cfg.Tracing {
+		if len(otelVars) > 0 {
+			t.Errorf("OTEL_* variables %v without PROXYSESSION_TRACING", otelVars)
+		}
+		return
+	}
+	u, err := url.Parse(r.env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		t.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT %q: want the collector's http(s)://host:port (the SDK's default is localhost)", r.env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+	}
+	if p := r.env["OTEL_EXPORTER_OTLP_PROTOCOL"]; p != "http/protobuf" && p != "grpc" {
+		t.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL %q: proxysession exports over http/protobuf or grpc", p)
+	}
+	if e, ok := r.env["OTEL_TRACES_EXPORTER"]; ok && e != "otlp" {
+		t.Errorf("OTEL_TRACES_EXPORTER %q with tracing on", e)
+	}
+	if r.env["OTEL_SERVICE_NAME"] == "" {
+		t.Error("no OTEL_SERVICE_NAME")
+	}
+	s := r.env["OTEL_TRACES_SAMPLER"]
+	if !slices.Contains(otelSamplers, s) {
+		t.Errorf("OTEL_TRACES_SAMPLER %q: not one of the SDK's %v", s, otelSamplers)
+	}
+	if arg, ok := r.env["OTEL_TRACES_SAMPLER_ARG"]; ok {
+		if f, err := strconv.ParseFloat(arg, 64); err != nil || f < 0 || f > 1 {
+			t.Errorf("OTEL_TRACES_SAMPLER_ARG %q: want a ratio between 0 and 1", arg)
+		}
+	}
+	// The SDK itself: an unknown sampler or a bad ratio is reported to the
+	// error handler (and replaced by a default), not returned.
+	for _, err := range otelSDKErrors(t, r.env) {
+		t.Errorf("the OpenTelemetry SDK rejects the chart's environment: %v", err)
+	}
+}
+
+// otelSDKErrors builds a tracer provider with the sampler variables of
+// env and returns what the SDK reported.
+func otelSDKErrors(t *testing.T, env map[string]string) []error {
+	t.Helper()
+	for _, k := range []string{"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
+		v, ok := env[k]
+		t.Setenv(k, v)
+		if !ok {
+			os.Unsetenv(k)
+		}
+	}
+	var mu sync.Mutex
+	var errs []error
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		errs = append(errs, err)
+	}))
+	tp := sdktrace.NewTracerProvider()
+	if err := tp.Shutdown(t.Context()); err != nil {
+		t.Error(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return slices.Clone(errs)
+}
+
+// checkDashboard: the dashboard ConfigMap is for Grafana's sidecar and
+// holds the dashboard file unchanged.
+func checkDashboard(t *testing.T, r *release) {
+	t.Helper()
+	cm := r.dashboard
+	if cm == nil {
+		return
+	}
+	if cm.Labels["grafana_dashboard"] != "1" {
+		t.Errorf("dashboard ConfigMap labels %v: the sidecar looks for grafana_dashboard: \"1\"", cm.Labels)
+	}
+	want, err := os.ReadFile(dashboardSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := cm.Data["proxysession.json"]
+	if !ok || got != string(want) || !json.Valid([]byte(got)) {
+		t.Errorf("the dashboard ConfigMap does not hold %s unchanged (keys %v)", dashboardSource, slices.Collect(maps.Keys(cm.Data)))
+	}
+}
+
+var promqlParser = parser.NewParser(parser.Options{})
+
+// checkRuleExprs parses every rule with Prometheus's parser and checks
+// that every proxysession_* selector is narrowed to the release's job.
+func checkRuleExprs(t *testing.T, rule *monitoringv1.PrometheusRule, job string) {
+	t.Helper()
+	for _, g := range rule.Spec.Groups {
+		for _, rl := range g.Rules {
+			e, err := promqlParser.ParseExpr(rl.Expr.String())
+			if err != nil {
+				t.Errorf("alert %s: %v", rl.Alert, err)
+				continue
+			}
+			parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+				vs, ok := n.(*parser.VectorSelector)
+				if !ok || !strings.HasPrefix(vs.Name, "proxysession_") {
+					return nil
+				}
+				if !slices.ContainsFunc(vs.LabelMatchers, func(m *labels.Matcher) bool {
+					return m.Name == "job" && m.Type == labels.MatchEqual && m.Value == job
+				}) {
+					t.Errorf("alert %s: %s does not select job %q", rl.Alert, vs, job)
+				}
+				return nil
+			})
+		}
+	}
+}
+
+// alertRules is a Prometheus rules file.
+type alertRules struct {
+	Groups []struct {
+		Name  string `json:"name"`
+		Rules []struct {
+			Alert       string            `json:"alert"`
+			Expr        string            `json:"expr"`
+			For         string            `json:"for,omitempty"`
+			Labels      map[string]string `json:"labels"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"rules"`
+	} `json:"groups"`
+}
+
+func readAlertRules(t *testing.T) alertRules {
+	t.Helper()
+	b, err := os.ReadFile(alertsSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules alertRules
+	if err := yaml.UnmarshalStrict(b, &rules); err != nil {
+		t.Fatalf("%s: %v", alertsSource, err)
+	}
+	if len(rules.Groups) == 0 {
+		t.Fatalf("%s: no groups", alertsSource)
+	}
+	return rules
+}
+
+// withoutJob parses expr and prints it without the job matchers of its
+// proxysession_* selectors.
+func withoutJob(t *testing.T, expr, job string) string {
+	t.Helper()
+	e, err := promqlParser.ParseExpr(expr)
+	if err != nil {
+		t.Errorf("%q: %v", expr, err)
+		return ""
+	}
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		if vs, ok := n.(*parser.VectorSelector); ok && strings.HasPrefix(vs.Name, "proxysession_") {
+			vs.LabelMatchers = slices.DeleteFunc(vs.LabelMatchers, func(m *labels.Matcher) bool {
+				return m.Name == "job" && m.Type == labels.MatchEqual && m.Value == job
+			})
+		}
+		return nil
+	})
+	return e.String()
+}
+
+// checkRulesCarried: the PrometheusRule carries every alert of
+// observability/prometheus/alerts.yaml, each the same but for the job of
+// the release; of the no-traffic alerts (one per kind of proxy) the one
+// of the integration's proxies (Istio's for the Istio modes, Envoy's for
+// Envoy Gateway and for your own Envoy), on the chart's gateway rate.
+func checkRulesCarried(t *testing.T, r *release) {
+	t.Helper()
+	job := clusterIPService(t, r).Name
+	kind := "Envoy"
+	if r.envoyFilter != nil {
+		kind = "Istio"
+	}
+	rendered := map[string]monitoringv1.Rule{}
+	groups := map[string]bool{}
+	for _, g := range r.rule.Spec.Groups {
+		groups[g.Name] = true
+		for _, rl := range g.Rules {
+			if _, dup := rendered[rl.Alert]; dup {
+				t.Errorf("alert %s twice", rl.Alert)
+			}
+			rendered[rl.Alert] = rl
+		}
+	}
+	for _, g := range readAlertRules(t).Groups {
+		if !groups[g.Name] {
+			t.Errorf("no rule group %q", g.Name)
+		}
+		for _, src := range g.Rules {
+			noTraffic := strings.HasPrefix(src.Alert, "ProxysessionNoTraffic")
+			want := !noTraffic || src.Alert == "ProxysessionNoTraffic"+kind
+			got, ok := rendered[src.Alert]
+			if ok != want {
+				t.Errorf("alert %s of %s: rendered %v, want %v", src.Alert, alertsSource, ok, want)
+			}
+			if !ok {
+				continue
+			}
+			gotFor := ""
+			if got.For != nil {
+				gotFor = string(*got.For)
+			}
+			if gotFor != src.For || !maps.Equal(got.Labels, src.Labels) || got.Annotations["summary"] != src.Annotations["summary"] {
+				t.Errorf("alert %s: for %q, labels %v, summary %q; %s has %q, %v, %q", src.Alert, gotFor, got.Labels, got.Annotations["summary"], alertsSource, src.For, src.Labels, src.Annotations["summary"])
+			}
+			if !noTraffic {
+				if g, w := withoutJob(t, got.Expr.String(), job), withoutJob(t, src.Expr, ""); g != w {
+					t.Errorf("alert %s: %s\nis not %s of %s on job %q", src.Alert, got.Expr.String(), w, alertsSource, job)
+				}
+				if !maps.Equal(got.Annotations, src.Annotations) {
+					t.Errorf("alert %s: annotations differ from %s", src.Alert, alertsSource)
+				}
+			}
+		}
+	}
+}
+
+// TestChartObservabilityCopies: .Files.Get reads only inside the chart, so
+// the chart carries copies of the dashboard and the alert rules; they must
+// stay equal to observability/'s, byte for byte.
+func TestChartObservabilityCopies(t *testing.T) {
+	for cp, src := range map[string]string{dashboardCopy: dashboardSource, alertsCopy: alertsSource} {
+		a, err := os.ReadFile(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs from %s: cp %s %s", cp, src, src, cp)
+		}
+	}
+}
+
+// TestChartAlerts: the integrations between them render every alert of
+// observability/prometheus/alerts.yaml (each render all but the other
+// kind of proxy's no-traffic alert: checkRulesCarried), and the
+// dashboard, when asked for.
+func TestChartAlerts(t *testing.T) {
+	seen := map[string]bool{}
+	for _, mode := range []string{"istio-gateway", "istio-sidecar", "envoy-gateway", "none"} {
+		ms, err := render(t, map[string]any{
+			"integration": map[string]any{"mode": mode,
+				"istioSidecar": map[string]any{"namespace": "demo", "selector": map[string]any{"app": "demo"}}},
+			"metrics":    map[string]any{"prometheusRule": map[string]any{"enabled": true}},
+			"dashboards": map[string]any{"enabled": true, "namespace": "monitoring", "labels": map[string]any{"team": "edge"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := checkRelease(t, ms)
+		if r.rule == nil || r.dashboard == nil {
+			t.Fatalf("%s: PrometheusRule %v, dashboard %v", mode, r.rule != nil, r.dashboard != nil)
+		}
+		if r.dashboard.Namespace != "monitoring" || r.dashboard.Labels["team"] != "edge" {
+			t.Errorf("dashboard ConfigMap %s/%s, labels %v: want dashboards.namespace and .labels", r.dashboard.Namespace, r.dashboard.Name, r.dashboard.Labels)
+		}
+		for _, g := range r.rule.Spec.Groups {
+			for _, rl := range g.Rules {
+				seen[rl.Alert] = true
+			}
+		}
+	}
+	for _, g := range readAlertRules(t).Groups {
+		for _, rl := range g.Rules {
+			if !seen[rl.Alert] {
+				t.Errorf("alert %s of %s: in no integration's PrometheusRule", rl.Alert, alertsSource)
+			}
+		}
+	}
+	// Off by default.
+	ms, err := render(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := checkRelease(t, ms); r.rule != nil || r.dashboard != nil {
+		t.Error("the defaults render a PrometheusRule or a dashboard (they need the Prometheus Operator and Grafana's sidecar)")
+	}
+}
+
+// TestChartPersistence: the memory store keeps its sessions on a claim by
+// default; the claim's class, size and the write interval come from the
+// values; redis, or persistence off, gives no claim and no state file.
+func TestChartPersistence(t *testing.T) {
+	persistence := func(p map[string]any) map[string]any {
+		return map[string]any{"store": map[string]any{"memory": map[string]any{"persistence": p}}}
+	}
+	empty := ""
+	for name, tc := range map[string]struct {
+		vals      map[string]any
+		claim     string  // the claim mounted; "" none
+		pvc       bool    // the chart creates it
+		class     *string // its storageClassName
+		size      string
+		interval  time.Duration
+		stateFile bool
+	}{
+		"defaults":                  {nil, "proxysession-state", true, nil, "1Gi", time.Minute, true},
+		"a class, a size, 0":        {persistence(map[string]any{"storageClassName": "fast", "size": "5Gi", "interval": "0"}), "proxysession-state", true, ptr("fast"), "5Gi", 0, true},
+		"no dynamic provisioning":   {persistence(map[string]any{"storageClassName": "-", "interval": "30s"}), "proxysession-state", true, &empty, "1Gi", 30 * time.Second, true},
+		"an existing claim":         {persistence(map[string]any{"existingClaim": "sessions"}), "sessions", false, nil, "", time.Minute, true},
+		"off":                       {persistence(map[string]any{"enabled": false}), "", false, nil, "", 0, false},
+		"fsGroupChangePolicy unset": {map[string]any{"podSecurityContext": map[string]any{"fsGroupChangePolicy": nil}}, "proxysession-state", true, nil, "1Gi", time.Minute, true},
+		"redis": {map[string]any{"store": map[string]any{"type": "redis", "redis": map[string]any{"addr": "redis:6379"},
+			"memory": map[string]any{"persistence": map[string]any{"enabled": true}}}}, "", false, nil, "", 0, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ms, err := render(t, tc.vals)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := checkRelease(t, ms)
+			if (r.cfg.StateFile != "") != tc.stateFile || (tc.stateFile && r.cfg.StateInterval != tc.interval) {
+				t.Errorf("state file %q every %v: want a file %v every %v", r.cfg.StateFile, r.cfg.StateInterval, tc.stateFile, tc.interval)
+			}
+			if tc.stateFile && r.cfg.StateFile != "/var/lib/proxysession/sessions.state" {
+				t.Errorf("state file %s: want it in the image's /var/lib/proxysession", r.cfg.StateFile)
+			}
+			var claim string
+			for _, v := range r.deploy.Spec.Template.Spec.Volumes {
+				if v.PersistentVolumeClaim != nil {
+					claim = v.PersistentVolumeClaim.ClaimName
+				}
+			}
+			if claim != tc.claim || (len(r.pvcs) == 1) != tc.pvc {
+				t.Fatalf("mounts claim %q, %d claims: want %q, created %v", claim, len(r.pvcs), tc.claim, tc.pvc)
+			}
+			if !tc.pvc {
+				return
+			}
+			pvc := r.pvcs[0]
+			if !equalPtr(pvc.Spec.StorageClassName, tc.class) || pvc.Spec.Resources.Requests.Storage().String() != tc.size {
+				t.Errorf("claim class %v, size %v: want %v, %s", pvc.Spec.StorageClassName, pvc.Spec.Resources.Requests.Storage(), tc.class, tc.size)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func equalPtr[T comparable](a, b *T) bool {
+	return a == b || a != nil && b != nil && *a == *b
+}
+
+// TestChartTracing: the ci file that turns tracing on sets exactly its
+// values, and every sampler the schema offers is one the SDK accepts.
+func TestChartTracing(t *testing.T) {
+	vals := readValues(t, filepath.Join(chartDir, "ci", "memory-envoy-gateway-observability-values.yaml"))
+	ms, err := render(t, vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := checkRelease(t, ms)
+	tr := vals["tracing"].(map[string]any)
+	if !r.cfg.Tracing || r.env["OTEL_EXPORTER_OTLP_ENDPOINT"] != tr["endpoint"] || r.env["OTEL_EXPORTER_OTLP_PROTOCOL"] != tr["protocol"] ||
+		r.env["OTEL_TRACES_SAMPLER"] != tr["sampler"] || r.env["OTEL_TRACES_SAMPLER_ARG"] != fmt.Sprint(tr["samplerArg"]) || r.env["OTEL_SERVICE_NAME"] != "proxysession" {
+		t.Errorf("tracing %v, environment %v: want the ci file's %v", r.cfg.Tracing, r.env, tr)
+	}
+
+	var schema struct {
+		Properties struct {
+			Tracing struct {
+				Properties struct {
+					Sampler struct {
+						Enum []string `json:"enum"`
+					} `json:"sampler"`
+				} `json:"properties"`
+			} `json:"tracing"`
+		} `json:"properties"`
+	}
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &schema); err != nil {
+		t.Fatal(err)
+	}
+	samplers := schema.Properties.Tracing.Properties.Sampler.Enum
+	if !slices.Equal(samplers, otelSamplers) {
+		t.Errorf("the schema's samplers %v, the SDK's %v", samplers, otelSamplers)
+	}
+	for _, s := range samplers {
+		ms, err := render(t, map[string]any{"tracing": map[string]any{"enabled": true, "endpoint": "http://otel-collector.observability:4317", "protocol": "grpc", "sampler": s}})
+		if err != nil {
+			t.Fatalf("sampler %s: %v", s, err)
+		}
+		if r := checkRelease(t, ms); r.env["OTEL_TRACES_SAMPLER"] != s {
+			t.Errorf("sampler %s: OTEL_TRACES_SAMPLER %q", s, r.env["OTEL_TRACES_SAMPLER"])
+		}
+	}
+	// A ratio of 0 given as a number (helm --set) is kept, not dropped
+	// (the SDK would sample everything without it).
+	for _, arg := range []any{0, 0.25, "0"} {
+		ms, err := render(t, map[string]any{"tracing": map[string]any{"enabled": true, "endpoint": "https://otel.example:4318", "samplerArg": arg}})
+		if err != nil {
+			t.Fatalf("samplerArg %v: %v", arg, err)
+		}
+		if r := checkRelease(t, ms); r.env["OTEL_TRACES_SAMPLER_ARG"] != fmt.Sprint(arg) {
+			t.Errorf("samplerArg %v: OTEL_TRACES_SAMPLER_ARG %q", arg, r.env["OTEL_TRACES_SAMPLER_ARG"])
+		}
+	}
+	// The SDK check catches what the chart cannot know.
+	if errs := otelSDKErrors(t, map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}); len(errs) == 0 {
+		t.Error("the SDK check accepts a ratio of 1.5")
 	}
 }

@@ -617,6 +617,16 @@ func TestCompose(t *testing.T) {
 	if !slices.Contains(cfg.Sessions.PassThrough, "XSRF-TOKEN") {
 		t.Error("the demo's CSRF cookie is not on the pass-through list")
 	}
+	// Sessions survive a restart: the state file lives on a named volume.
+	stateVolume := false
+	for _, v := range ps.Volumes {
+		if v.Type == types.VolumeTypeVolume && cfg.StateFile != "" && filepath.Dir(cfg.StateFile) == v.Target && !v.ReadOnly {
+			_, stateVolume = p.Volumes[v.Source]
+		}
+	}
+	if !stateVolume {
+		t.Errorf("proxysession keeps its state file %q on no writable named volume (%+v)", cfg.StateFile, ps.Volumes)
+	}
 	if depends, ok := envoy.DependsOn["proxysession"]; !ok || depends.Condition != types.ServiceConditionHealthy {
 		t.Errorf("envoy must wait for a healthy proxysession: %+v", envoy.DependsOn)
 	}
@@ -640,7 +650,7 @@ func TestCompose(t *testing.T) {
 func TestComposeSharedStore(t *testing.T) {
 	root, _ := filepath.Abs("..")
 	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")}, cli.WithWorkingDirectory(root),
-		cli.WithEnv([]string{"PROXYSESSION_STORE=redis", "PROXYSESSION_REPLICAS=3", "REDIS_PASSWORD=pw"}), cli.WithProfiles([]string{"redis"}))
+		cli.WithEnv([]string{"PROXYSESSION_STORE=redis", "PROXYSESSION_STATE_FILE=", "PROXYSESSION_REPLICAS=3", "REDIS_PASSWORD=pw"}), cli.WithProfiles([]string{"redis"}))
 	if err != nil {
 		t.Fatal(err)
 	}

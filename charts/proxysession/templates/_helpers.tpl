@@ -123,11 +123,54 @@ Checks run by every template that needs them (fail renders nothing).
 {{- if or (lt (int $v.goMemLimitPercent) 50) (gt (int $v.goMemLimitPercent) 95) -}}
 {{- fail "goMemLimitPercent: between 50 and 95" -}}
 {{- end -}}
+{{- if include "proxysession.persistence" . -}}
+{{- if eq (toString (default "" $v.podSecurityContext.fsGroupChangePolicy)) "Always" -}}
+{{- fail "store.memory.persistence with podSecurityContext.fsGroupChangePolicy Always: the kubelet would make the state file group-readable at each mount, and proxysession refuses such a file (use OnRootMismatch, or store.memory.persistence.enabled: false)" -}}
+{{- end -}}
+{{- if kindIs "invalid" $v.podSecurityContext.fsGroup -}}
+{{- fail "store.memory.persistence: set podSecurityContext.fsGroup (65532): the volume must be writable by proxysession's user" -}}
+{{- end -}}
+{{- $iv := toString $v.store.memory.persistence.interval -}}
+{{- $tooShort := printf "store.memory.persistence.interval %s: 0 (only on shutdown) or at least 1s" $iv -}}
+{{- if not (regexMatch "^(0|([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$" $iv) -}}
+{{- fail (printf "store.memory.persistence.interval %q: a duration such as 1m, 30s or 0" $iv) -}}
+{{- else if regexMatch "^[0-9]+(\\.[0-9]+)?(ns|us|µs)$" $iv -}}
+{{- if gt (regexReplaceAll "[^0-9.]" $iv "" | float64) 0.0 -}}{{- fail $tooShort -}}{{- end -}}
+{{- else if regexMatch "^[0-9]+(\\.[0-9]+)?(ms|s)$" $iv -}}
+{{- $sec := include "proxysession.seconds" $iv | float64 -}}
+{{- if and (gt $sec 0.0) (lt $sec 1.0) -}}{{- fail $tooShort -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $v.tracing.enabled -}}
+{{- if not $v.tracing.endpoint -}}
+{{- fail "tracing.enabled: set tracing.endpoint to the OTLP collector (e.g. http://otel-collector.observability:4318)" -}}
+{{- end -}}
+{{- if not (has $v.tracing.protocol (list "http/protobuf" "grpc")) -}}
+{{- fail (printf "tracing.protocol %q: http/protobuf or grpc" (toString $v.tracing.protocol)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
-{{/* terminationGracePeriodSeconds: drain + grace + admin shutdown (5s) + 5s. */}}
+{{/*
+"true" when the memory store keeps its sessions in a state file on a
+volume (store.memory.persistence with store.type memory; the binary
+refuses -state-file with -store redis), else "".
+*/}}
+{{- define "proxysession.persistence" -}}
+{{- if and (eq .Values.store.type "memory") .Values.store.memory.persistence.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "proxysession.stateClaim" -}}
+{{- default (printf "%s-state" (include "proxysession.fullname" .)) .Values.store.memory.persistence.existingClaim -}}
+{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds: drain + grace + admin shutdown (5s) + 5s,
+and 10s more to write the state file (store.memory.persistence).
+*/}}
 {{- define "proxysession.terminationGrace" -}}
-{{- addf (include "proxysession.seconds" .Values.drain.delay | float64) (include "proxysession.seconds" .Values.drain.shutdownGrace | float64) 10 | ceil | int -}}
+{{- $write := ternary 10 0 (eq (include "proxysession.persistence" .) "true") -}}
+{{- addf (include "proxysession.seconds" .Values.drain.delay | float64) (include "proxysession.seconds" .Values.drain.shutdownGrace | float64) 10 $write | ceil | int -}}
 {{- end -}}
 
 {{/*
