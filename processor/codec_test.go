@@ -25,7 +25,7 @@ func TestCodecMarshalsLikeProtobuf(t *testing.T) {
 		}(),
 		func() *extprocv3.ProcessingResponse {
 			r := newHeadersReply(phaseResponseHeaders, true)
-			r.mutation.RemoveHeaders = removeSetCookie
+			r.mutation.RemoveHeaders = []string{"set-cookie"}
 			r.mutation.SetHeaders = []*corev3.HeaderValueOption{header("set-cookie", "s=1; Secure", true), header("cache-control", "private", false)}
 			return &r.resp
 		}(),

@@ -19,15 +19,15 @@ func TestForwardedHeadersMatchFields(t *testing.T) {
 		}
 		seen[f] = name
 	}
-	for f := fieldOther + 1; f <= fieldCacheControl; f++ {
+	for f := fieldOther + 1; f <= fieldRotate; f++ {
 		if _, ok := seen[f]; !ok {
 			t.Errorf("field %d is read by the processor but not in ForwardedHeaders", f)
 		}
 	}
-	// The last field constant must be fieldCacheControl: a field added
+	// The last field constant must be fieldRotate: a field added
 	// after it has to be added to the loop bound above and to the list.
-	if exactField("cache-control") != fieldCacheControl || fieldCacheControl != field(len(forwardedHeaders)) {
-		t.Errorf("%d fields, %d names: a new field constant needs a name in forwardedHeaders", fieldCacheControl, len(forwardedHeaders))
+	if exactField("proxysession-rotate") != fieldRotate || fieldRotate != field(len(forwardedHeaders)) {
+		t.Errorf("%d fields, %d names: a new field constant needs a name in forwardedHeaders", fieldRotate, len(forwardedHeaders))
 	}
 	got := ForwardedHeaders()
 	got[0] = "mutated"

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,17 @@ type Server struct {
 
 	clearRouteCache bool
 
+	// bindingNames are the lower-case names of the engine's binding
+	// headers (user, sid, logout, rotate), when they are not the
+	// defaults that exactField knows; removeResponse is what every
+	// response reply removes: set-cookie and the binding headers.
+	bindingNames   []string
+	removeResponse []string
+	// handleHeader is the lower-case request header for the session's
+	// handle, or ""; removeRequest* are the request removals with it.
+	handleHeader                     string
+	removeHandle, removeCookieHandle []string
+
 	warnedObservability atomic.Bool
 	warnedNoRequest     atomic.Bool
 }
@@ -85,8 +97,45 @@ func New(engine Engine, opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics()
 	}
-	return &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, tracer: sessions.NewTracer(opts.TracerProvider),
+	s := &Server{engine: engine, log: opts.Logger, metrics: opts.Metrics, tracer: sessions.NewTracer(opts.TracerProvider),
 		clearRouteCache: opts.ClearRouteCache}
+	names := defaultBindingNames[:]
+	if b, ok := engine.(interface{ BindingHeaders() []string }); ok && len(b.BindingHeaders()) == len(defaultBindingNames) {
+		names = b.BindingHeaders()
+		if !slices.Equal(names, defaultBindingNames[:]) {
+			s.bindingNames = names
+		}
+	}
+	s.removeResponse = append([]string{"set-cookie"}, names...)
+	if h, ok := engine.(interface{ SessionHandleHeader() string }); ok && h.SessionHandleHeader() != "" {
+		s.handleHeader = strings.ToLower(h.SessionHandleHeader())
+		s.removeHandle = []string{s.handleHeader}
+		s.removeCookieHandle = []string{"cookie", s.handleHeader}
+	}
+	return s
+}
+
+// defaultBindingNames are sessions' default binding headers, in the
+// order of sessions.Cache.BindingHeaders.
+var defaultBindingNames = [...]string{"proxysession-user", "proxysession-sid", "proxysession-logout", "proxysession-rotate"}
+
+// responseField classifies a response header key, the engine's binding
+// header names included.
+func (s *Server) responseField(key string) field {
+	f := fieldOf(key)
+	if s.bindingNames == nil || f != fieldOther && f < fieldUser {
+		return f
+	}
+	if f >= fieldUser {
+		// A default name that this engine does not use.
+		f = fieldOther
+	}
+	for i, name := range s.bindingNames {
+		if len(key) == len(name) && strings.EqualFold(key, name) {
+			return fieldUser + field(i)
+		}
+	}
+	return f
 }
 
 // Process serves one ext_proc stream: one HTTP request and its response.
@@ -189,7 +238,7 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 	// when Envoy's forward_rules hide it, the session cookie must not
 	// reach the backend unseen. Removing a missing header does nothing.
 	noCookies := len(req.Cookies) == 0
-	reply := newHeadersReply(phaseRequestHeaders, st.x.RewriteCookie || noCookies)
+	reply := newHeadersReply(phaseRequestHeaders, st.x.RewriteCookie || noCookies || s.handleHeader != "")
 	switch {
 	case !st.x.RewriteCookie:
 		if noCookies {
@@ -201,6 +250,17 @@ func (s *Server) requestHeaders(ctx context.Context, st *streamState, h *extproc
 		reply.mutation.SetHeaders = reply.setCookieHeader(st.x.Cookie)
 	default:
 		reply.mutation.SetHeaders = s.cookieHeaders(ctx, st.x.Cookie)
+	}
+	if s.handleHeader != "" {
+		// The browser must not name a handle for the backend: the
+		// header is removed, or set to the session's own.
+		if st.x.Handle != "" {
+			reply.mutation.SetHeaders = append(reply.mutation.SetHeaders, header(s.handleHeader, st.x.Handle, false))
+		} else if len(reply.mutation.RemoveHeaders) > 0 {
+			reply.mutation.RemoveHeaders = s.removeCookieHandle
+		} else {
+			reply.mutation.RemoveHeaders = s.removeHandle
+		}
 	}
 	// Envoy clears the route cache only with a header mutation, and only
 	// on the request path.
@@ -225,7 +285,15 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 	}
 	var resp sessions.Response
 	for _, hv := range h.GetHeaders().GetHeaders() {
-		switch fieldOf(hv.GetKey()) {
+		switch s.responseField(hv.GetKey()) {
+		case fieldUser:
+			resp.User = headerValue(hv)
+		case fieldSid:
+			resp.Sid = headerValue(hv)
+		case fieldLogout:
+			resp.Logout = headerValue(hv)
+		case fieldRotate:
+			resp.Rotate = headerValue(hv)
 		case fieldSetCookie:
 			resp.SetCookie = append(resp.SetCookie, headerValue(hv))
 		case fieldClearSiteData:
@@ -240,13 +308,14 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 		return s.unavailable(ctx, phaseResponseHeaders, start, err)
 	}
 	modified := edit.RemoveSetCookie || len(edit.SetCookie) > 0 || edit.CacheControl != ""
-	// Every reply removes Set-Cookie, whatever the engine saw: when
-	// Envoy's forward_rules hide Set-Cookie from proxysession, the
-	// backend's cookies are dropped instead of reaching the browser.
-	// (Removal runs before set_headers, so the session cookie survives.)
+	// Every reply removes Set-Cookie and the binding headers, whatever
+	// the engine saw: when Envoy's forward_rules hide them from
+	// proxysession, the backend's cookies and bindings are dropped
+	// instead of reaching the browser. (Removal runs before set_headers,
+	// so the session cookie survives.)
 	reply := newHeadersReply(phaseResponseHeaders, true)
 	m := &reply.mutation
-	m.RemoveHeaders = removeSetCookie
+	m.RemoveHeaders = s.removeResponse
 	if modified {
 		for _, v := range edit.SetCookie {
 			if len(v) > maxHeaderValueBytes {
@@ -271,10 +340,7 @@ func (s *Server) responseHeaders(ctx context.Context, st *streamState, h *extpro
 }
 
 // Header names to remove, shared by all replies (marshalling only reads).
-var (
-	removeCookie    = []string{"cookie"}
-	removeSetCookie = []string{"set-cookie"}
-)
+var removeCookie = []string{"cookie"}
 
 // headersReply is a reply to a headers message, with room for the Cookie
 // set_headers entry of a request reply, allocated at once: a reply is a tree of small
@@ -480,6 +546,12 @@ const (
 	fieldSetCookie
 	fieldClearSiteData
 	fieldCacheControl
+	// The binding headers (sessions.Config.UserHeader and the others),
+	// by their default names; Server.responseField maps other names.
+	fieldUser
+	fieldSid
+	fieldLogout
+	fieldRotate
 )
 
 // fieldOf classifies a header key. Envoy's keys are lower case; others
@@ -522,6 +594,14 @@ func exactField(key string) field {
 		return fieldClearSiteData
 	case "cache-control":
 		return fieldCacheControl
+	case "proxysession-user":
+		return fieldUser
+	case "proxysession-sid":
+		return fieldSid
+	case "proxysession-logout":
+		return fieldLogout
+	case "proxysession-rotate":
+		return fieldRotate
 	}
 	return fieldOther
 }

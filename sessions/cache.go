@@ -92,6 +92,30 @@ type Config struct {
 	// Tracer), children of the span in the request's context. Default:
 	// no spans.
 	TracerProvider trace.TracerProvider
+
+	// UserHeader, SidHeader, LogoutHeader and RotateHeader name the
+	// response headers by which a backend binds the session to a user
+	// (an opaque id), to the identity provider's session id, ends every
+	// session of the session's user ("user" or "all"; "session" ends the
+	// current one), or asks for a new session id. Defaults
+	// DefaultUserHeader, DefaultSidHeader, DefaultLogoutHeader and
+	// DefaultRotateHeader. They are removed from every response, whether
+	// or not binding is on.
+	UserHeader, SidHeader, LogoutHeader, RotateHeader string
+	// SessionHandleHeader, when set, names the request header that
+	// carries a bound session's handle to the backend (see
+	// Cache.EndSessionByHandle); it is removed from every request that
+	// does not get a handle. Default "": none.
+	SessionHandleHeader string
+	// BindingKey is the HMAC key (at least 32 bytes) under which user
+	// ids and sids are indexed; binding is off without it.
+	// PreviousBindingKey, when set, still finds bindings made under the
+	// key before a rotation.
+	BindingKey, PreviousBindingKey []byte
+	// RotationGrace is how long the old id of a rotated session keeps
+	// working, for requests already in flight. Default
+	// DefaultRotationGrace.
+	RotationGrace time.Duration
 }
 
 // Cache is the session engine. It keeps each user's backend cookies in a
@@ -113,8 +137,9 @@ type Cache struct {
 	sessionCookieAttrs string // "; Path=/; Max-Age=…; HttpOnly; Secure; SameSite=…"
 	expiredCookie      string // a Set-Cookie that deletes the session cookie
 
-	stats  counters
-	tracer *Tracer // nil: no spans
+	stats   counters
+	tracer  *Tracer // nil: no spans
+	binding bindingConfig
 }
 
 // Validate reports every invalid setting of cfg in one error, or nil.
@@ -191,6 +216,7 @@ func (cfg Config) WithDefaults() (Config, error) {
 	if cfg.MaxMemory < minMaxMemory {
 		errs = append(errs, fmt.Errorf("max memory %d bytes: must be at least 1 MiB", cfg.MaxMemory))
 	}
+	errs = cfg.bindingDefaults(errs)
 	if err := errors.Join(errs...); err != nil {
 		return cfg, fmt.Errorf("sessions: invalid configuration: %w", err)
 	}
@@ -232,6 +258,12 @@ func New(cfg Config) (*Cache, error) {
 		lifetime:    int64(cfg.Lifetime),
 		idleTimeout: int64(cfg.IdleTimeout),
 		tracer:      NewTracer(cfg.TracerProvider),
+	}
+	c.binding = newBindingConfig(&cfg)
+	if a, ok := cfg.Store.(interface {
+		setAlive(func(*Session) bool)
+	}); ok {
+		a.setAlive(func(s *Session) bool { return c.endReason(s, c.now().UnixNano()) == notEnded })
 	}
 	flags := "; HttpOnly"
 	if !cfg.InsecureCookie {
@@ -340,6 +372,9 @@ type Response struct {
 	ClearSiteData []string
 	// CacheControl are the Cache-Control field values.
 	CacheControl []string
+	// User, Sid, Logout and Rotate are the values of the binding headers
+	// (Config.UserHeader and the others), "" when absent.
+	User, Sid, Logout, Rotate string
 }
 
 // ResponseEdit is how the proxy must change a backend's response.
@@ -352,6 +387,10 @@ type ResponseEdit struct {
 	SetCookie []string
 	// CacheControl, when not empty, replaces the Cache-Control fields.
 	CacheControl string
+	// RemoveHeaders are lower-case names of fields to remove, always the
+	// four binding headers (Cache.BindingHeaders): they never reach the
+	// browser. The slice is shared: do not modify it.
+	RemoveHeaders []string
 }
 
 // Exchange carries one request/response pair through the engine: Expand
@@ -363,6 +402,10 @@ type Exchange struct {
 	// as it is.
 	Cookie        string
 	RewriteCookie bool
+	// Handle is the bound session's handle, for the backend in
+	// Config.SessionHandleHeader; "" when the session is not bound or no
+	// handle header is configured (the proxy then removes that header).
+	Handle string
 
 	origin   origin
 	session  *Session
@@ -424,6 +467,11 @@ func (c *Cache) Expand(ctx context.Context, r *Request, x *Exchange) error {
 	x.stale = sawSession && x.session == nil && !x.conflict
 	x.stats.UnknownSessionCookie = x.stale
 	x.Cookie, x.RewriteCookie = c.cookieHeader(browser, x, now, sawSession || dropped)
+	if c.binding.handleHeader != "" && x.session != nil {
+		if b := x.session.binding.Load(); b != nil {
+			x.Handle = b.Handle
+		}
+	}
 	return nil
 }
 
@@ -633,13 +681,21 @@ func (c *Cache) secureOrigin(r *Request, host string, isIP bool) bool {
 // browser. An error means the store failed: the response must not reach
 // the browser, or backend cookies would leak or be lost.
 func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (ResponseEdit, error) {
-	var edit ResponseEdit
+	edit := ResponseEdit{RemoveHeaders: c.binding.removeHeaders}
 	logout := clearsCookies(resp.ClearSiteData)
-	if len(resp.SetCookie) == 0 && !x.stale && !logout {
+	binds := c.binding.on && (resp.User != "" || resp.Logout != "" || resp.Rotate != "")
+	if len(resp.SetCookie) == 0 && !x.stale && !logout && !binds {
 		return edit, nil
 	}
 	now := c.now().UnixNano()
 	ended := false
+	if binds && resp.Logout != "" && x.session != nil {
+		if err := c.logoutFromResponse(ctx, x, resp.Logout); err != nil {
+			return edit, err
+		}
+		ended = x.session == nil
+		logout = false
+	}
 	if logout && x.session != nil {
 		c.countRoundTrip(x)
 		if err := c.store.Delete(ctx, x.session.id); err != nil {
@@ -665,12 +721,29 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 	if err := c.commit(ctx, x, s, created, &ch, journal != nil); err != nil {
 		return ResponseEdit{}, err
 	}
+	rotated := false
+	if binds && !ended && !x.conflict {
+		target := x.session
+		if created {
+			target = s
+		}
+		if target != nil {
+			var err error
+			if rotated, err = c.bindOrRotate(ctx, x, target, created, resp); err != nil {
+				return ResponseEdit{}, err
+			}
+		}
+	}
 	proxyCookie := false
+	if rotated {
+		edit.SetCookie = append(edit.SetCookie, c.cfg.CookieName+"="+x.session.id.CookieValue()+c.sessionCookieAttrs)
+		proxyCookie = true
+	}
 	if created {
 		x.session, x.stale, x.created = s, false, true
 		edit.SetCookie = append(edit.SetCookie, c.cfg.CookieName+"="+s.id.CookieValue()+c.sessionCookieAttrs)
 		proxyCookie = true
-	} else if x.stale || ended {
+	} else if !rotated && (x.stale || ended) {
 		edit.SetCookie = append(edit.SetCookie, c.expiredCookie)
 		x.stale, proxyCookie = false, true
 	}
@@ -692,7 +765,8 @@ func (c *Cache) Capture(ctx context.Context, x *Exchange, resp *Response) (Respo
 func (c *Cache) captureCookies(ctx context.Context, x *Exchange, lines []string, ended bool, now int64, journal *Changes, edit *ResponseEdit) (s *Session, created bool) {
 	s = x.session
 	if s != nil && len(lines) > 0 {
-		s.mu.Lock()
+		// A live session rotated meanwhile stores into its successor.
+		s = lockCurrent(s)
 		defer s.mu.Unlock()
 	}
 	for _, line := range lines {

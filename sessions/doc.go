@@ -42,7 +42,8 @@
 //	// forward with x.Cookie as the Cookie header if x.RewriteCookie
 //	edit, err := c.Capture(ctx, &x, &sessions.Response{SetCookie: setCookies, ClearSiteData: csd, CacheControl: cc})
 //	// remove Set-Cookie if edit.RemoveSetCookie, add edit.SetCookie,
-//	// set Cache-Control to edit.CacheControl if not empty
+//	// set Cache-Control to edit.CacheControl if not empty; always remove
+//	// the fields named in edit.RemoveHeaders (the binding headers)
 //
 // An error from either means the store failed: the proxy must answer 503
 // rather than forward a request without its cookies or a response with
@@ -61,6 +62,21 @@
 //	cfg, _ := sessions.Config{}.WithDefaults()
 //	store, _ := redisstore.New(client, redisstore.Options{Lifetime: cfg.Lifetime, IdleTimeout: cfg.IdleTimeout})
 //	c, err := sessions.New(sessions.Config{Store: store})
+//
+// # Binding sessions to users
+//
+// With Config.BindingKey set, a backend binds the current session to a
+// user with a response header (Config.UserHeader, optionally SidHeader
+// for the identity provider's session id), ends every session of that
+// user on every replica (LogoutHeader: "user"), or asks for a new
+// session id (RotateHeader). The proxy fills Response.User, Sid, Logout
+// and Rotate from them and always removes them (ResponseEdit.RemoveHeaders),
+// binding on or not. A login (a new or different user) gives the session
+// a new id in the same response, its jar carried over; the old id keeps
+// working for Config.RotationGrace. Users and sids are indexed by HMAC
+// only; Cache.EndUserSessions, EndSidSessions, CountUserSessions and
+// EndSessionByHandle work on the store's index (UserIndexStore: the
+// MemoryStore and redisstore implement it), for every replica.
 //
 // # Security
 //

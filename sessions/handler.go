@@ -74,6 +74,13 @@ func (h *sessionHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sw.fail(err)
 		return
 	}
+	if hh := h.c.binding.handleHeader; hh != "" {
+		// The browser must not name a handle for the backend.
+		deleteFold(r.Header, hh)
+		if sw.x.Handle != "" {
+			r.Header[hh] = []string{sw.x.Handle}
+		}
+	}
 	if sw.x.RewriteCookie {
 		switch v := r.Header["Cookie"]; {
 		case sw.x.Cookie == "":
@@ -210,10 +217,19 @@ func (w *sessionWriter) response() Response {
 		ClearSiteData: h["Clear-Site-Data"],
 		CacheControl:  h["Cache-Control"],
 	}
+	c := w.h.c
+	bind := [...]*string{&resp.User, &resp.Sid, &resp.Logout, &resp.Rotate}
+	for i, name := range c.binding.canonical {
+		if v := h[name]; len(v) > 0 {
+			*bind[i] = v[0]
+		}
+	}
 	var odd []string
 	for k := range h {
 		if fieldIndex(k) >= 0 && k != "Set-Cookie" && k != "Clear-Site-Data" && k != "Cache-Control" {
 			odd = append(odd, k)
+		} else if i := c.bindingField(k); i >= 0 && k != c.binding.canonical[i] && *bind[i] == "" && len(h[k]) > 0 {
+			*bind[i] = h[k][0]
 		}
 	}
 	if odd == nil {
@@ -274,10 +290,12 @@ func (w *sessionWriter) exportHeader(edit *ResponseEdit) (withheld int) {
 		case isSetCookieKey(k):
 			withheld += len(v)
 			continue
+		case w.h.c.isBindingKey(k):
+			continue
 		case replaceCacheControl && fieldIndex(k) == 2:
 			continue
 		case len(k) == len("Trailer") && strings.EqualFold(k, "Trailer"):
-			if v = withoutSetCookieTrailer(v); len(v) == 0 {
+			if v = withoutSetCookieTrailer(v, w.h.c); len(v) == 0 {
 				continue
 			}
 		}
@@ -296,11 +314,14 @@ func (w *sessionWriter) exportHeader(edit *ResponseEdit) (withheld int) {
 
 // withoutSetCookieTrailer removes "Set-Cookie" from Trailer field values,
 // allocating only when there is one.
-func withoutSetCookieTrailer(values []string) []string {
+func withoutSetCookieTrailer(values []string, c ...*Cache) []string {
+	drop := func(name string) bool {
+		return isSetCookieKey(name) || len(c) > 0 && c[0].isBindingKey(name)
+	}
 	found := false
 	for _, v := range values {
 		for name := range trailerNames(v) {
-			found = found || isSetCookieKey(name)
+			found = found || drop(name)
 		}
 	}
 	if !found {
@@ -310,7 +331,7 @@ func withoutSetCookieTrailer(values []string) []string {
 	for _, v := range values {
 		var kept []string
 		for name := range trailerNames(v) {
-			if !isSetCookieKey(name) {
+			if !drop(name) {
 				kept = append(kept, name)
 			}
 		}
@@ -345,13 +366,13 @@ func (w *sessionWriter) exportTrailers() {
 	}
 	dst := w.w.Header()
 	for k, v := range w.header {
-		if strings.HasPrefix(k, http.TrailerPrefix) && !isSetCookieKey(k) {
+		if strings.HasPrefix(k, http.TrailerPrefix) && !isSetCookieKey(k) && !w.h.c.isBindingKey(k) {
 			dst[k] = v
 		}
 	}
 	for _, line := range dst["Trailer"] {
 		for name := range trailerNames(line) {
-			if name = http.CanonicalHeaderKey(name); isSetCookieKey(name) {
+			if name = http.CanonicalHeaderKey(name); isSetCookieKey(name) || w.h.c.isBindingKey(name) {
 				continue
 			}
 			if v, ok := w.header[name]; ok {
@@ -371,13 +392,13 @@ func (w *sessionWriter) exportTrailers() {
 func (w *sessionWriter) scrub() {
 	h := w.w.Header()
 	for k := range h {
-		if isSetCookieKey(k) {
+		if isSetCookieKey(k) || w.h.c.isBindingKey(k) {
 			delete(h, k)
 		}
 	}
 	for k, v := range h {
 		if len(k) == len("Trailer") && strings.EqualFold(k, "Trailer") {
-			if v = withoutSetCookieTrailer(v); len(v) == 0 {
+			if v = withoutSetCookieTrailer(v, w.h.c); len(v) == 0 {
 				delete(h, k)
 			} else {
 				h[k] = v
@@ -430,3 +451,24 @@ func (w *sessionWriter) Flush() { _ = w.FlushError() }
 // Unwrap gives http.ResponseController access to the other features of
 // the underlying writer (deadlines, full duplex).
 func (w *sessionWriter) Unwrap() http.ResponseWriter { return w.w }
+
+// isBindingKey reports whether a header map key could put a binding
+// header (Config.UserHeader and the others) on the wire, in any case,
+// padded, or as a trailer.
+func (c *Cache) isBindingKey(k string) bool {
+	const prefix = http.TrailerPrefix
+	for len(k) > len(prefix) && strings.EqualFold(k[:len(prefix)], prefix) {
+		k = trimWSP(k[len(prefix):])
+	}
+	return c.bindingField(trimWSP(k)) >= 0
+}
+
+// deleteFold deletes key from h in any case.
+func deleteFold(h http.Header, key string) {
+	delete(h, key)
+	for k := range h {
+		if len(k) == len(key) && strings.EqualFold(k, key) {
+			delete(h, k)
+		}
+	}
+}

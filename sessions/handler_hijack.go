@@ -160,6 +160,7 @@ func (c *hijackedConn) headLength() int {
 
 // responseHead is a response head parsed on a hijacked connection.
 type responseHead struct {
+	c      *Cache   // whose binding headers are taken out
 	status []byte   // the status line
 	code   int      // its status code
 	fields Response // the fields Capture reads
@@ -172,7 +173,7 @@ type responseHead struct {
 // returns the head to send and whether the bytes after it pass through,
 // or the reason to refuse it. Reasons name no header values.
 func (c *hijackedConn) editHead(head []byte) (out []byte, last bool, reason string) {
-	h, reason := parseHead(head)
+	h, reason := parseHead(c.w.h.c, head)
 	if reason != "" {
 		return nil, false, reason
 	}
@@ -187,7 +188,8 @@ func (c *hijackedConn) editHead(head []byte) (out []byte, last bool, reason stri
 
 // parseHead parses a response head strictly: its lines, less the empty
 // line that ends it, are a status line and header lines.
-func parseHead(head []byte) (h responseHead, reason string) {
+func parseHead(c *Cache, head []byte) (h responseHead, reason string) {
+	h.c = c
 	lines, reason := headLines(head)
 	if reason != "" {
 		return h, reason
@@ -243,6 +245,13 @@ func (h *responseHead) addField(line []byte) (reason string) {
 	switch {
 	case strings.EqualFold(name, "Set-Cookie"):
 		h.fields.SetCookie = append(h.fields.SetCookie, value)
+		return ""
+	case h.c.bindingField(name) >= 0:
+		// Read, and never sent on.
+		bind := [...]*string{&h.fields.User, &h.fields.Sid, &h.fields.Logout, &h.fields.Rotate}
+		if f := bind[h.c.bindingField(name)]; *f == "" {
+			*f = value
+		}
 		return ""
 	case strings.EqualFold(name, "Clear-Site-Data"):
 		h.fields.ClearSiteData = append(h.fields.ClearSiteData, value)

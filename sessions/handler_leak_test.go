@@ -289,6 +289,8 @@ func TestHijackedHeads(t *testing.T) {
 				"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"}, "ws=" + s2},
 		{"final response, bare LF", "HTTP/1.1 200 OK\nContent-Length: 2\nConnection: keep-alive\nSet-Cookie: fin=" + s1 + "\n\nOK",
 			[]string{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"}, "fin=" + s1},
+		{"binding headers", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nProxysession-User: alice\r\nproxysession-SID: x\r\nPROXYSESSION-LOGOUT: user\r\nProxysession-Rotate: 1\r\nConnection: Upgrade\r\nSet-Cookie: ws=" + s2 + "\r\n\r\n",
+			[]string{"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"}, "ws=" + s2},
 		{"garbage", "garbage\r\n\r\n", nil, ""},
 		{"no status code", "HTTP/1.1 OK\r\n\r\n", nil, ""},
 		{"too large", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-Big: " + strings.Repeat("a", 70<<10), nil, ""},

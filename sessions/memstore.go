@@ -34,6 +34,10 @@ const (
 	// the rounding of the copied strings. Measured: about 290 bytes for a
 	// 253-byte host, 150 for a 1024-byte path.
 	scopeOverheadBytes = 320
+	// bindingOverheadBytes is a bound session's Binding (three HMAC
+	// strings) and its entries in the store's user, sid and handle
+	// indexes, rounded up.
+	bindingOverheadBytes = 512
 )
 
 // sessionHeapBytes estimates the heap that s takes in a MemoryStore. The
@@ -46,6 +50,9 @@ const (
 // which overestimates, on the safe side.
 func sessionHeapBytes(s *Session) uint32 {
 	n := int64(sessionOverheadBytes)
+	if s.binding.Load() != nil {
+		n += bindingOverheadBytes
+	}
 	for i := range s.cookies {
 		c := &s.cookies[i]
 		n += cookieOverheadBytes + int64(len(c.pair))

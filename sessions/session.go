@@ -24,6 +24,11 @@ type Session struct {
 	// record as read, by Cookie.Key. A purge carries it, so that the
 	// store deletes that record only. nil for other sessions.
 	revisions map[string]string
+	// binding is the user the session is bound to (see Binding), or nil.
+	binding atomic.Pointer[Binding]
+	// movedTo is the session this one was rotated to (MemoryStore), or
+	// nil.
+	movedTo atomic.Pointer[Session]
 }
 
 // newSession returns an empty session created at now.

@@ -48,10 +48,13 @@ type EndReason uint8
 
 // Reasons a session ends.
 const (
-	EndExpired EndReason = iota // absolute lifetime reached
-	EndIdle                     // idle timeout reached
-	EndEvicted                  // pushed out of a full memory store
-	EndLogout                   // the backend sent Clear-Site-Data: "cookies"
+	EndExpired     EndReason = iota // absolute lifetime reached
+	EndIdle                         // idle timeout reached
+	EndEvicted                      // pushed out of a full memory store
+	EndLogout                       // the backend sent Clear-Site-Data: "cookies"
+	EndUserLogout                   // the backend ended every session of the user (LogoutHeader)
+	EndAdmin                        // ended by an operator (Cache.EndUserSessions and the like)
+	EndBackchannel                  // ended by the identity provider (back-channel logout)
 	numEndReasons
 )
 
@@ -59,7 +62,7 @@ const (
 // its String is "unknown".
 const notEnded = numEndReasons
 
-var endNames = [numEndReasons]string{"expired", "idle", "evicted", "logout"}
+var endNames = [numEndReasons]string{"expired", "idle", "evicted", "logout", "user_logout", "admin", "backchannel"}
 
 // String returns the reason as a metric label value, e.g. "idle".
 func (r EndReason) String() string {
@@ -118,6 +121,9 @@ type Stats struct {
 	CookiesDeleted   uint64 // backend cookies deleted by the backend (expired on arrival)
 	CookiesEvicted   uint64 // cookies pushed out by the per-session limits
 	CookiesPassed    uint64 // pass-through cookies sent on to the browser
+	// Rotations counts session ids replaced by new ones (a login, or the
+	// backend's RotateHeader).
+	Rotations uint64
 	// CookiesRejected has an entry for every RejectReason but RejectNone.
 	CookiesRejected map[RejectReason]uint64
 }
@@ -132,6 +138,7 @@ type counters struct {
 	cookiesDeleted    atomic.Uint64
 	cookiesEvicted    atomic.Uint64
 	cookiesPassed     atomic.Uint64
+	rotations         atomic.Uint64
 	cookiesRejected   [numRejectReasons]atomic.Uint64
 }
 
@@ -146,6 +153,7 @@ func (c *counters) snapshot() Stats {
 		CookiesDeleted:    c.cookiesDeleted.Load(),
 		CookiesEvicted:    c.cookiesEvicted.Load(),
 		CookiesPassed:     c.cookiesPassed.Load(),
+		Rotations:         c.rotations.Load(),
 		CookiesRejected:   make(map[RejectReason]uint64, numRejectReasons-1),
 	}
 	for r := range numEndReasons {

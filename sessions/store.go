@@ -95,6 +95,8 @@ type MemoryStore struct {
 
 	evictions     atomic.Uint64
 	undecryptable atomic.Uint64
+
+	bind memBindings // guarded by mu
 }
 
 // NewMemoryStore returns a MemoryStore that holds up to maxSessions
@@ -145,7 +147,15 @@ func (m *MemoryStore) findAt(id ID, now int64) *Session {
 	e := m.index[key]
 	protected := e != nil && e.isProtected()
 	dormant := e == nil && len(m.dormant) > 0
+	aliased := e == nil && len(m.bind.aliases) > 0
 	m.mu.RUnlock()
+	if aliased {
+		// Perhaps the old id of a rotated session, within its grace.
+		if a := m.findAlias(id, now); a != nil {
+			a.use(now)
+			return a.s
+		}
+	}
 	if e == nil {
 		if !dormant {
 			return nil
@@ -305,6 +315,12 @@ func (m *MemoryStore) unlink(e *memEntry) {
 		delete(m.dormantOf, e)
 	} else {
 		delete(m.index, e.s.id.Key())
+		if b := e.s.binding.Load(); b != nil {
+			m.unindex(e, b)
+		}
+		if len(m.bind.aliasOf) > 0 {
+			m.dropAlias(e)
+		}
 	}
 	m.bytes -= int64(e.sizeBytes())
 }

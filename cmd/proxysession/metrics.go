@@ -14,7 +14,7 @@ type sessionsCollector struct {
 	active, created, ended, unknownIDs *prometheus.Desc
 	conflicts                          *prometheus.Desc
 	stored, deleted, evicted, passed   *prometheus.Desc
-	rejected                           *prometheus.Desc
+	rejected, rotations                *prometheus.Desc
 	storeFailures, undecryptable       *prometheus.Desc
 	storeRefused, storeBytes           *prometheus.Desc
 }
@@ -27,7 +27,8 @@ func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
 		cache:         cache,
 		active:        d("sessions_active", "Sessions held by the store (memory store only)."),
 		created:       d("sessions_created_total", "Sessions created (a backend set the first cookie)."),
-		ended:         d("sessions_ended_total", "Sessions ended, by reason: expired (absolute lifetime), idle, evicted (memory store full), logout (Clear-Site-Data).", "reason"),
+		ended:         d("sessions_ended_total", "Sessions ended, by reason: expired (absolute lifetime), idle, evicted (memory store full), logout (Clear-Site-Data), user_logout (the backend's logout header ended every session of the user), admin, backchannel.", "reason"),
+		rotations:     d("session_rotations_total", "Session ids replaced by new ones (a login, or the backend's rotate header)."),
 		unknownIDs:    d("unknown_session_ids_total", "Session cookies presented with a malformed, unknown, evicted or expired id."),
 		conflicts:     d("session_conflicts_total", "Requests that carried two different valid session cookies (one tossed from a sibling subdomain) and were served without a session."),
 		stored:        d("cookies_captured_total", "Backend cookies stored in a session's jar (added or replaced)."),
@@ -43,7 +44,7 @@ func newSessionsCollector(cache *sessions.Cache) *sessionsCollector {
 }
 
 func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.conflicts, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.storeFailures, c.undecryptable, c.storeRefused, c.storeBytes} {
+	for _, d := range []*prometheus.Desc{c.active, c.created, c.ended, c.unknownIDs, c.conflicts, c.stored, c.deleted, c.evicted, c.passed, c.rejected, c.rotations, c.storeFailures, c.undecryptable, c.storeRefused, c.storeBytes} {
 		ch <- d
 	}
 }
@@ -66,6 +67,7 @@ func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.deleted, s.CookiesDeleted)
 	counter(c.evicted, s.CookiesEvicted)
 	counter(c.passed, s.CookiesPassed)
+	counter(c.rotations, s.Rotations)
 	for reason, n := range s.CookiesRejected {
 		counter(c.rejected, n, reason.String())
 	}

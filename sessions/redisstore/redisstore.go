@@ -202,6 +202,7 @@ var findScript = redis.NewScript(luaNum6 + `
 local s = redis.call('HGET', KEYS[1], 's')
 if not s or #s ~= 12 then return {} end
 local h = redis.call('HGETALL', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], 'f') == 1 then return h end
 redis.call('HSET', KEYS[1], 's', string.sub(s, 1, 6) .. ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], math.min(num6(s, 1), tonumber(ARGV[1]) + tonumber(ARGV[2])))
 return h`)
@@ -244,6 +245,8 @@ if ARGV[1] == '1' then
   redis.call('HSET', key, 's', s, 'm', ARGV[9])
 elseif not s or #s ~= 12 then
   return {0, 0}
+elseif redis.call('HEXISTS', key, 'f') == 1 then
+  return {2, 0}
 end
 local nd, ns = tonumber(ARGV[6]), tonumber(ARGV[7])
 local i = 10
@@ -405,11 +408,17 @@ func (s *Store) failed(op string, err error) error {
 // Find implements sessions.Store: one round trip that reads the session
 // and renews its expiry. A wrong secret finds nothing and changes nothing.
 func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, error) {
+	return s.find(ctx, id, true)
+}
+
+// find is Find; follow says whether a rotated session's old id leads to
+// the new session (else it finds the old copy, for Rotate).
+func (s *Store) find(parent context.Context, id sessions.ID, follow bool) (*sessions.Session, error) {
 	keys, err := s.keysFor(id)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := s.ctx(ctx)
+	ctx, cancel := s.ctx(parent)
 	defer cancel()
 	now := s.opts.Now()
 	res, err := findScript.Run(ctx, s.client, []string{keys.redisKey},
@@ -433,6 +442,15 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 		s.undecryptableRecord(ctx, "session", err)
 		return nil, nil
 	}
+	if fwd, ok := fields[fieldForward]; ok && follow {
+		cancel()
+		next, ok := keys.openForward(fwd)
+		if !ok {
+			s.undecryptableRecord(ctx, "forward", errors.New("bad forward record"))
+			return nil, nil
+		}
+		return s.find(parent, next, false)
+	}
 	created, home := int64(binary.BigEndian.Uint64(meta)), string(meta[8:])
 	var (
 		cookies   []sessions.Cookie
@@ -453,6 +471,9 @@ func (s *Store) Find(ctx context.Context, id sessions.ID) (*sessions.Session, er
 	}
 	sess := sessions.RestoreSessionRevisions(id, time.Unix(0, created), readMs(state[6:]), cookies, revisions)
 	s.rememberHome(sess, home)
+	if u := fields[fieldUser]; u != "" {
+		sess.SetBinding(sessions.Binding{UserKey: u, SidKey: fields[fieldSid], Handle: fields[fieldHandle]})
+	}
 	return sess, nil
 }
 
@@ -560,6 +581,10 @@ func (s *Store) Commit(ctx context.Context, sess *sessions.Session, ch *sessions
 	if err != nil {
 		return s.failed("commit", err)
 	}
+	if len(res) == 2 && res[0] == 2 && !ch.New {
+		// Rotated meanwhile: the changes go to the new session.
+		return s.commitForwarded(ctx, keys, sess, ch)
+	}
 	if len(res) == 2 {
 		refused += int(res[1])
 	}
@@ -580,10 +605,8 @@ func (s *Store) Delete(ctx context.Context, id sessions.ID) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if err := s.client.Del(ctx, keys.redisKey).Err(); err != nil {
-		return s.failed("delete", err)
-	}
-	return nil
+	_, err = s.deleteKey(ctx, keys.redisKey)
+	return err
 }
 
 // Ping implements sessions.Pinger: it reports whether Redis answers.

@@ -54,6 +54,7 @@ type setup struct {
 	// Per-session limits, for the Cache and the store; 0 for the defaults.
 	maxCookies, maxBytes int
 	timeout              time.Duration // default 1s
+	bindingKey           []byte        // binding off when nil
 }
 
 func newReplica(t testing.TB, addr string, s setup) *replica {
@@ -78,7 +79,7 @@ func newReplica(t testing.TB, addr string, s setup) *replica {
 		t.Fatal(err)
 	}
 	cache, err := sessions.New(sessions.Config{Store: store, Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: log, Now: s.now,
-		MaxCookiesPerDomain: min(s.maxCookies, sessions.DefaultMaxCookiesPerDomain), MaxCookiesPerSession: s.maxCookies, MaxBytesPerSession: s.maxBytes})
+		MaxCookiesPerDomain: min(s.maxCookies, sessions.DefaultMaxCookiesPerDomain), MaxCookiesPerSession: s.maxCookies, MaxBytesPerSession: s.maxBytes, BindingKey: s.bindingKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func (r *replica) sibling(t testing.TB) *replica {
 	t.Helper()
 	s := r.setup
 	cache, err := sessions.New(sessions.Config{Store: r.store, Lifetime: s.lifetime, IdleTimeout: s.idle, Logger: slog.New(slog.DiscardHandler), Now: s.now,
-		MaxCookiesPerDomain: min(s.maxCookies, sessions.DefaultMaxCookiesPerDomain), MaxCookiesPerSession: s.maxCookies, MaxBytesPerSession: s.maxBytes})
+		MaxCookiesPerDomain: min(s.maxCookies, sessions.DefaultMaxCookiesPerDomain), MaxCookiesPerSession: s.maxCookies, MaxBytesPerSession: s.maxBytes, BindingKey: s.bindingKey})
 	if err != nil {
 		t.Fatal(err)
 	}

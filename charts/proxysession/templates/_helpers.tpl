@@ -179,7 +179,7 @@ them equal): ext_proc's forward_rules send Envoy's other headers
 (Authorization, ...) nowhere.
 */}}
 {{- define "proxysession.forwardedHeaders" -}}
-{{- list ":scheme" ":authority" ":path" ":method" "host" "cookie" "x-forwarded-proto" "sec-fetch-site" "sec-fetch-mode" "sec-fetch-dest" "set-cookie" "clear-site-data" "cache-control" | toJson -}}
+{{- list ":scheme" ":authority" ":path" ":method" "host" "cookie" "x-forwarded-proto" "sec-fetch-site" "sec-fetch-mode" "sec-fetch-dest" "set-cookie" "clear-site-data" "cache-control" "proxysession-user" "proxysession-sid" "proxysession-logout" "proxysession-rotate" | toJson -}}
 {{- end -}}
 
 {{/* The ext_proc HTTP filter (an HttpFilter), for EnvoyFilter patches. */}}
