@@ -147,7 +147,11 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, h hooks) e
 		return err
 	}
 	var draining atomic.Bool
-	admin := &adminServer{srv: &http.Server{Handler: adminHandler(cache, reg, &draining), ReadHeaderTimeout: 5 * time.Second}, log: log}
+	routes, err := userRoutes(cfg, cache, reg, log)
+	if err != nil {
+		return err
+	}
+	admin := &adminServer{srv: &http.Server{Handler: adminHandler(cache, reg, &draining, routes...), ReadHeaderTimeout: 5 * time.Second}, log: log}
 	proxy, err := newHTTPProxy(cfg, cache, reg, log)
 	if err != nil {
 		return err
@@ -385,9 +389,12 @@ func listen(addr string) (net.Listener, error) {
 }
 
 // adminHandler serves /healthz (alive), /readyz (store reachable and not
-// draining) and /metrics.
-func adminHandler(cache *sessions.Cache, reg *prometheus.Registry, draining *atomic.Bool) http.Handler {
+// draining), /metrics, and the routes given (users.go).
+func adminHandler(cache *sessions.Cache, reg *prometheus.Registry, draining *atomic.Bool, routes ...adminRoute) http.Handler {
 	mux := http.NewServeMux()
+	for _, r := range routes {
+		mux.Handle(r.pattern, r.handler)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

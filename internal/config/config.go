@@ -51,9 +51,12 @@ type Config struct {
 	StateInterval time.Duration
 	// HTTP is the reverse-proxy mode; off when HTTP.Addr is empty.
 	HTTP HTTPProxy
+	// Users is the admin API and back-channel logout (users.go).
+	Users Users
 
 	cookieSecure                       bool
 	sameSite, passThrough, rawLogLevel string
+	bindingFiles                       bindingFiles
 }
 
 // EnvPrefix prefixes the environment variable of every flag:
@@ -282,6 +285,8 @@ func (cfg *Config) options() *options {
 	o.duration(&cfg.DrainDelay, "drain-delay", 0, "on SIGTERM, keep accepting new streams this long after reporting not ready, while Envoy's health checks and Kubernetes endpoints catch up (5s in Kubernetes)")
 	o.duration(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGTERM, after -drain-delay, how long in-flight streams may take to finish")
 	cfg.HTTP.options(o)
+	cfg.bindingOptions(o)
+	cfg.Users.options(o)
 	return o
 }
 
@@ -378,6 +383,8 @@ func (cfg *Config) finish() []error {
 	}
 	errs = append(errs, cfg.finishStore()...)
 	errs = append(errs, cfg.finishState()...)
+	errs = append(errs, cfg.finishBinding()...)
+	errs = append(errs, cfg.finishUsers()...)
 	switch cfg.LogFormat {
 	case "text", "json":
 	default:
