@@ -142,7 +142,9 @@ func backchannelEndToEnd(t *testing.T, shared bool) {
 		"-admin-token-file", write("admin-token", adminToken),
 		"-backchannel-issuer", issuer, "-backchannel-audience", "app", "-backchannel-jwks-url", idp.URL}
 	if shared {
-		args = append(args, "-store", "redis", "-redis-addr", redistest.Start(t).Addr)
+		// A login binds and rotates: several round trips, each within
+		// the store timeout even on a loaded machine.
+		args = append(args, "-store", "redis", "-redis-addr", redistest.Start(t).Addr, "-redis-timeout", "1s")
 	}
 	p := startProxy(t, upstream.URL, args...)
 	// adminOf is the replica the provider and the operator reach.

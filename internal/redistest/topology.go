@@ -315,7 +315,7 @@ func (c *Cluster) MoveSlot(ctx context.Context, slot int, from, to string, pause
 		for _, k := range keys {
 			args = append(args, k)
 		}
-		if err := src.Do(ctx, args...).Err(); err != nil {
+		if err := retryClusterDown(ctx, func() error { return src.Do(ctx, args...).Err() }); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 		time.Sleep(pause)
@@ -331,6 +331,25 @@ func (c *Cluster) MoveSlot(ctx context.Context, slot int, from, to string, pause
 		}
 	}
 	return nil
+}
+
+// retryClusterDown runs op until it succeeds, fails otherwise than with
+// CLUSTERDOWN or TRYAGAIN, or 10s pass: on a loaded machine, a 1s node
+// timeout can let a node briefly consider the cluster down.
+func retryClusterDown(ctx context.Context, op func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := op()
+		if err == nil || time.Now().After(deadline) ||
+			!(strings.HasPrefix(err.Error(), "CLUSTERDOWN") || strings.HasPrefix(err.Error(), "TRYAGAIN")) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 var offsetRe = regexp.MustCompile(`slave\d+:.*?offset=(\d+)`)
