@@ -608,9 +608,19 @@ func TestCompose(t *testing.T) {
 	if ps.HealthCheck == nil || !slices.Equal(ps.HealthCheck.Test, types.HealthCheckTest{"CMD", "/proxysession", "healthcheck"}) {
 		t.Errorf("proxysession healthcheck %+v", ps.HealthCheck)
 	}
-	cfg, err := config.Parse(nil, lookup(ps.Environment), nil)
+	cfg, err := config.Parse(nil, containerLookup(ps), nil)
 	if err != nil {
 		t.Fatalf("the compose environment is invalid for proxysession: %v", err)
+	}
+	// "Log out everywhere" in the demo needs session binding, with the
+	// demo-only key mounted read-only from the repository.
+	if cfg.Sessions.BindingKey == nil {
+		t.Error("the demo runs without -binding-key-file: its \"Log out everywhere\" would log out one browser only")
+	}
+	for _, v := range ps.Volumes {
+		if v.Target == lookupOr(ps.Environment, "PROXYSESSION_BINDING_KEY_FILE", "") && (v.Type != types.VolumeTypeBind || !v.ReadOnly || filepath.Base(v.Source) != "demo-binding.key") {
+			t.Errorf("the binding key is mounted as %+v: want the demo-only key, read-only", v)
+		}
 	}
 	bs := loadBootstrap(t, "envoy.yaml")
 	checkServiceCluster(t, "envoy.yaml vs compose", findCluster(t, bs, "proxysession"), "proxysession", uint32(portOf(t, cfg.GRPCAddr)))
@@ -663,7 +673,7 @@ func TestComposeSharedStore(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatalf("services %v", p.ServiceNames())
 	}
-	cfg, err := config.Parse(nil, lookup(ps.Environment), nil)
+	cfg, err := config.Parse(nil, containerLookup(ps), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -694,6 +704,23 @@ func lookup(env types.MappingWithEquals) func(string) (string, bool) {
 			return "", false
 		}
 		return *v, true
+	}
+}
+
+// containerLookup is lookup of a service's environment, with values that
+// name the target of one of its bind mounts (a file the container reads,
+// like the binding key) replaced by the mount's source on this machine,
+// so that the parser, which reads such files, finds them.
+func containerLookup(svc types.ServiceConfig) func(string) (string, bool) {
+	env := lookup(svc.Environment)
+	return func(k string) (string, bool) {
+		v, ok := env(k)
+		for _, m := range svc.Volumes {
+			if ok && m.Type == types.VolumeTypeBind && v == m.Target {
+				return m.Source, true
+			}
+		}
+		return v, ok
 	}
 }
 

@@ -3,6 +3,7 @@ package envoy_test
 import (
 	"io"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -21,7 +22,7 @@ import (
 // browser, with the Envoy stand-in between them.
 func TestDemo(t *testing.T) {
 	p := loadCompose(t)
-	cfg, err := config.Parse(nil, lookup(p.Services["proxysession"].Environment), nil)
+	cfg, err := config.Parse(nil, containerLookup(p.Services["proxysession"]), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +99,76 @@ func TestDemo(t *testing.T) {
 	}
 	if st := cache.Stats(); st.SessionsEnded[sessions.EndLogout] != 1 || st.CookiesStored < 3 {
 		t.Errorf("engine stats %+v", st)
+	}
+	if st := filter.Stats(); st.LocalReplies != 0 || st.Spurious != 0 {
+		t.Errorf("Envoy stand-in saw %+v", st)
+	}
+}
+
+// TestDemoLogoutEverywhere: with the compose demo's configuration (its
+// demo-only binding key), "Log out everywhere" in one of alice's browsers
+// logs out both, through ext_proc; carol stays logged in.
+func TestDemoLogoutEverywhere(t *testing.T) {
+	p := loadCompose(t)
+	cfg, err := config.Parse(nil, containerLookup(p.Services["proxysession"]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Sessions.Logger = slog.New(slog.DiscardHandler)
+	cache, err := sessions.New(cfg.Sessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := extproctest.NewServer(cache, processor.Options{Logger: cfg.Sessions.Logger})
+	defer srv.Close()
+	filter := srv.Filter(demo.New(sessions.DefaultCookieName))
+	site := "https://localhost:8080"
+	u, _ := url.Parse(site + "/")
+	page := func(b *http.Client) string {
+		t.Helper()
+		resp, err := b.Get(site + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	login := func(user string) *http.Client {
+		t.Helper()
+		b := envoytest.NewBrowser(filter)
+		resp, err := b.PostForm(site+"/login", url.Values{"user": {user}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if !strings.Contains(page(b), "Logged in as <b>"+user+"</b>") {
+			t.Fatalf("%s is not logged in", user)
+		}
+		return b
+	}
+	laptop, phone, carol := login("alice"), login("alice"), login("carol")
+	var csrf string
+	for _, c := range laptop.Jar.Cookies(u) {
+		if c.Name == demo.CSRFCookie {
+			csrf = c.Value
+		}
+	}
+	resp, err := laptop.PostForm(site+"/logout-everywhere", url.Values{"csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for who, b := range map[string]*http.Client{"the laptop": laptop, "the phone": phone} {
+		if home := page(b); strings.Contains(home, "Logged in") || strings.Contains(home, "<td>sid</td>") {
+			t.Errorf("%s is still logged in as alice", who)
+		}
+	}
+	if !strings.Contains(page(carol), "Logged in as <b>carol</b>") {
+		t.Error("carol was logged out too")
+	}
+	if st := cache.Stats(); st.SessionsEnded[sessions.EndUserLogout] != 2 {
+		t.Errorf("sessions ended: %v, want 2 by user logout", st.SessionsEnded)
 	}
 	if st := filter.Stats(); st.LocalReplies != 0 || st.Spurious != 0 {
 		t.Errorf("Envoy stand-in saw %+v", st)

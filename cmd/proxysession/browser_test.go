@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -61,14 +62,19 @@ func chromiumPath(t *testing.T) string {
 
 func TestDemoInBrowser(t *testing.T) {
 	exe := chromiumPath(t)
+	// Session binding on, for the demo's "Log out everywhere".
+	keyFile := filepath.Join(t.TempDir(), "binding.key")
+	if err := os.WriteFile(keyFile, []byte(rand.Text()+rand.Text()), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Run("reverse proxy", func(t *testing.T) {
 		backend := httptest.NewServer(demo.New(sessions.DefaultCookieName))
 		t.Cleanup(backend.Close)
-		p := startProxy(t, backend.URL, "-pass-through-cookies", demo.CSRFCookie)
+		p := startProxy(t, backend.URL, "-pass-through-cookies", demo.CSRFCookie, "-binding-key-file", keyFile)
 		runDemoStory(t, exe, localhostURL(t, p.httpAddr))
 	})
 	t.Run("ext_proc", func(t *testing.T) {
-		inst := start(t, "-pass-through-cookies", demo.CSRFCookie)
+		inst := start(t, "-pass-through-cookies", demo.CSRFCookie, "-binding-key-file", keyFile)
 		filter := &envoytest.Filter{
 			Client:         extprocv3.NewExternalProcessorClient(dial(t, inst.grpcAddr, nil)),
 			Backend:        demo.New(sessions.DefaultCookieName),
@@ -206,10 +212,11 @@ func runDemoStory(t *testing.T, exe, base string) {
 		return &browserUser{name: name, ctx: ctx}
 	}
 	alice, bob := newUser("alice"), newUser("bob")
+	users := []*browserUser{alice, bob}
 	step := "start"
 	t.Cleanup(func() {
 		if t.Failed() {
-			saveArtifacts(t, step, []*browserUser{alice, bob}, netlog, chromeOut.bytes())
+			saveArtifacts(t, step, users, netlog, chromeOut.bytes())
 		}
 	})
 	// run runs actions with a time limit, failing the test at the step.
@@ -397,6 +404,35 @@ func runDemoStory(t *testing.T, exe, base string) {
 		if c.Name != sessionCookie || c.MaxAge >= 0 {
 			t.Errorf("step %q: the replayed cookie got Set-Cookie %s=…; MaxAge %d, want only the session cookie expired", step, c.Name, c.MaxAge)
 		}
+	}
+
+	step = "log out everywhere ends the user's sessions in every browser"
+	bobPhone := newUser("bob's phone")
+	users = append(users, bobPhone)
+	navigate(bobPhone, chromedp.Navigate(base+"/"))
+	login(bobPhone, "bob")
+	navigate(bob, chromedp.Reload())
+	if got := text(bob, "b"); got != "bob" {
+		t.Fatalf("step %q: before, bob's first browser says %q", step, got)
+	}
+	if status := navigate(bobPhone, chromedp.Click(chromedp.CSS(`form[action="/logout-everywhere"] button`))); status != http.StatusOK {
+		t.Fatalf("step %q: status %d", step, status)
+	}
+	run(bobPhone, chromedp.WaitVisible(chromedp.CSS(`form[action="/login"]`)))
+	noSession(bobPhone)
+	navigate(bob, chromedp.Reload())
+	if got := text(bob, "b"); got != "" {
+		t.Errorf("step %q: bob's other browser is still logged in as %q", step, got)
+	}
+	// The other browser keeps its own CSRF token, nothing else.
+	if got := received(bob); len(got) > 1 || len(got) == 1 && got[0] != demo.CSRFCookie {
+		t.Errorf("step %q: bob's other browser: the backend received %v", step, got)
+	}
+	if got := text(bob, "#session-note"); !strings.Contains(got, "carried no session") {
+		t.Errorf("step %q: bob's other browser: the page says %q", step, got)
+	}
+	if got := names(store(bob)); slices.Contains(got, sessionCookie) {
+		t.Errorf("step %q: bob's other browser still holds %v", step, got)
 	}
 
 	step = "no backend Set-Cookie crossed the browser's network boundary"

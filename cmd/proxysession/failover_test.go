@@ -34,7 +34,7 @@ const (
 	loadPause    = 5 * time.Millisecond
 	// maxRecovery bounds, loosely for CI, how long after the promotion
 	// every session must be served again.
-	maxRecovery = 15 * time.Second
+	maxRecovery = 30 * time.Second
 )
 
 // fleet is the browsers, the backend they reach through the instances,

@@ -6,7 +6,10 @@
 // Logging in sets four cookies: a backend session cookie (HttpOnly), a
 // cookie scoped to /account, a persistent "remember me" cookie (Max-Age),
 // and a CSRF token that JavaScript reads (XSRF-TOKEN, which proxysession
-// must pass through). Logging out sends Clear-Site-Data: "cookies".
+// must pass through), and names the user to proxysession in
+// Proxysession-User. Logging out sends Clear-Site-Data: "cookies";
+// logging out everywhere also sends Proxysession-Logout: user, which ends
+// every session of the user when proxysession runs with -binding-key-file.
 package demo
 
 import (
@@ -24,6 +27,15 @@ import (
 // (-pass-through-cookies) so that the page's JavaScript can read it.
 const CSRFCookie = "XSRF-TOKEN"
 
+// UserHeader and LogoutHeader are proxysession's default binding headers
+// (sessions.DefaultUserHeader, sessions.DefaultLogoutHeader): the first
+// binds the session to a user, the second, with the value "user", ends
+// every session of that user. proxysession removes both from responses.
+const (
+	UserHeader   = "Proxysession-User"
+	LogoutHeader = "Proxysession-Logout"
+)
+
 // app is the demo application.
 type app struct {
 	proxyCookie string
@@ -39,6 +51,7 @@ func New(proxyCookie string) http.Handler {
 	mux.HandleFunc("GET /account/", a.show)
 	mux.HandleFunc("POST /login", a.login)
 	mux.HandleFunc("POST /logout", a.logout)
+	mux.HandleFunc("POST /logout-everywhere", a.logoutEverywhere)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	return mux
 }
@@ -89,22 +102,50 @@ func (a *app) login(w http.ResponseWriter, r *http.Request) {
 	} {
 		http.SetCookie(w, c)
 	}
+	// Binds proxysession's session to the user (with -binding-key-file),
+	// so that "log out everywhere" can find all of the user's sessions.
+	w.Header().Set(UserHeader, user)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 // logout checks the CSRF token (double submit: the form field must equal
 // the cookie) and asks the browser, and proxysession, to clear cookies.
 func (a *app) logout(w http.ResponseWriter, r *http.Request) {
-	c, err := r.Cookie(CSRFCookie)
-	if err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostFormValue("csrf"))) != 1 {
+	if !csrfOK(r) {
 		http.Error(w, "CSRF token missing or wrong", http.StatusForbidden)
 		return
 	}
+	clearCookies(w)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// logoutEverywhere is logout, plus Proxysession-Logout: user, which
+// ends every session of the session's user, in every browser, on every
+// replica, when proxysession runs with -binding-key-file. Without it
+// proxysession removes the header and only this browser logs out.
+func (a *app) logoutEverywhere(w http.ResponseWriter, r *http.Request) {
+	if !csrfOK(r) {
+		http.Error(w, "CSRF token missing or wrong", http.StatusForbidden)
+		return
+	}
+	w.Header().Set(LogoutHeader, "user")
+	clearCookies(w)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// csrfOK checks the CSRF token by double submit: the form field must
+// equal the cookie.
+func csrfOK(r *http.Request) bool {
+	c, err := r.Cookie(CSRFCookie)
+	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostFormValue("csrf"))) == 1
+}
+
+// clearCookies asks the browser, and proxysession, to clear cookies.
+func clearCookies(w http.ResponseWriter) {
 	w.Header().Set("Clear-Site-Data", `"cookies"`)
 	for _, name := range []string{"sid", "remember_me", CSRFCookie} {
 		http.SetCookie(w, &http.Cookie{Name: name, Path: "/", MaxAge: -1})
 	}
-	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 const pageHTML = `<!doctype html>
@@ -117,6 +158,11 @@ td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}.note{color:#555
 {{if .User}}<p>Logged in as <b>{{.User}}</b>. You are on <code>{{.Path}}</code>
 ({{if eq .Path "/"}}<a href="/account/">go to /account/</a>{{else}}<a href="/">go to /</a>{{end}}).</p>
 <form method="post" action="/logout"><input type="hidden" name="csrf" value="{{.CSRF}}"><button>Log out</button></form>
+<form method="post" action="/logout-everywhere"><input type="hidden" name="csrf" value="{{.CSRF}}"><button>Log out everywhere</button></form>
+<p class="note" id="everywhere-note">"Log out everywhere" ends every session of <code>{{.User}}</code>, in every browser:
+the backend answers <code>Proxysession-Logout: user</code>, and named the user at login in
+<code>Proxysession-User</code>. That needs proxysession's <code>-binding-key-file</code>; without it,
+proxysession just removes the header and only this browser logs out.</p>
 {{else}}<form method="post" action="/login"><label>User name <input name="user" required maxlength="64"></label> <button>Log in</button></form>
 <p class="note">Logging in sets four cookies: <code>sid</code> (HttpOnly), <code>account_tab</code> (Path=/account),
 <code>remember_me</code> (Max-Age 30 days) and <code>XSRF-TOKEN</code> (read by JavaScript).</p>{{end}}

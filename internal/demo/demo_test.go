@@ -102,3 +102,61 @@ func TestPageSaysWhetherTheBrowserHoldsASession(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginNamesTheUser: login binds proxysession's session to the user
+// (Proxysession-User), and the page offers "log out everywhere".
+func TestLoginNamesTheUser(t *testing.T) {
+	h := New("__Host-proxysession")
+	if w := post(h, "/login", url.Values{"user": {"alice"}}); w.Header().Get(UserHeader) != "alice" {
+		t.Errorf("%s = %q, want alice", UserHeader, w.Header().Get(UserHeader))
+	}
+	if w := post(h, "/login", url.Values{"user": {"a b"}}); w.Header().Get(UserHeader) != "" {
+		t.Errorf("a refused login named the user %q", w.Header().Get(UserHeader))
+	}
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.Header.Set("Cookie", "sid=alice.x; XSRF-TOKEN=tok")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	for _, want := range []string{`<form method="post" action="/logout-everywhere"><input type="hidden" name="csrf" value="tok">`, "-binding-key-file"} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
+
+// TestLogoutEverywhere: it needs the CSRF token, and answers like logout
+// plus Proxysession-Logout: user; plain logout ends this session only.
+func TestLogoutEverywhere(t *testing.T) {
+	h := New("__Host-proxysession")
+	token := &http.Cookie{Name: CSRFCookie, Value: "tok"}
+	for _, w := range []*httptest.ResponseRecorder{
+		post(h, "/logout-everywhere", url.Values{"csrf": {"wrong"}}, token),
+		post(h, "/logout-everywhere", url.Values{"csrf": {"tok"}}),
+	} {
+		if w.Code != http.StatusForbidden || w.Header().Get(LogoutHeader) != "" {
+			t.Errorf("bad CSRF token: status %d, %s %q", w.Code, LogoutHeader, w.Header().Get(LogoutHeader))
+		}
+	}
+	w := post(h, "/logout-everywhere", url.Values{"csrf": {"tok"}}, token)
+	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/" {
+		t.Errorf("status %d, Location %q", w.Code, w.Header().Get("Location"))
+	}
+	if got := w.Header().Get(LogoutHeader); got != "user" {
+		t.Errorf("%s = %q, want user", LogoutHeader, got)
+	}
+	if got := w.Header().Get("Clear-Site-Data"); got != `"cookies"` {
+		t.Errorf("Clear-Site-Data = %q", got)
+	}
+	deleted := map[string]bool{}
+	for _, c := range w.Result().Cookies() {
+		deleted[c.Name] = c.MaxAge < 0
+	}
+	for _, name := range []string{"sid", "remember_me", CSRFCookie} {
+		if !deleted[name] {
+			t.Errorf("%s not deleted", name)
+		}
+	}
+	if w := post(h, "/logout", url.Values{"csrf": {"tok"}}, token); w.Header().Get(LogoutHeader) != "" {
+		t.Errorf("plain logout sent %s", LogoutHeader)
+	}
+}
