@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -457,89 +458,132 @@ func (it *stateItem) seal(now int64, plain []byte) []byte {
 // limits, the least recently used first.
 func (m *MemoryStore) ReadState(r io.Reader, opt StateOptions) (StateInfo, error) {
 	opt = opt.withDefaults()
-	var info StateInfo
-	h := sha256.New()
-	tr := io.TeeReader(r, h)
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrBadState, fmt.Sprintf(format, args...))
-	}
-	read := func(b []byte, what string) error {
-		n, err := io.ReadFull(tr, b)
-		info.Bytes += int64(n)
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return bad("truncated after %d bytes, in %s", info.Bytes, what)
-		}
-		if err != nil {
-			return fmt.Errorf("sessions: reading state: %w", err)
-		}
-		return nil
-	}
-	hdr := make([]byte, stateHeaderBytes)
-	if err := read(hdr[:len(stateMagic)], "the header"); err != nil {
-		return info, err
-	}
-	if string(hdr[:len(stateMagic)]) != stateMagic {
-		return info, bad("no state file header: another kind of file")
-	}
-	if err := read(hdr[len(stateMagic):], "the header"); err != nil {
-		return info, err
-	}
-	if v := binary.BigEndian.Uint16(hdr[8:]); v != stateVersion {
-		return info, bad("version %d; this proxysession reads version %d", v, stateVersion)
-	}
-	if !bytes.Equal(hdr[10:16], make([]byte, 6)) {
-		return info, bad("corrupt header")
-	}
-	savedAt := int64(binary.BigEndian.Uint64(hdr[16:]))
-	count := binary.BigEndian.Uint64(hdr[24:])
-
-	type loaded struct {
-		d           *dormantEntry
-		flags, freq uint8
-	}
-	recs := make([]loaded, 0, min(count, 1<<16))
-	seen := make(map[[seal.VerifierSize]byte]struct{}, min(count, 1<<16))
-	head := make([]byte, stateRecordHead)
-	for i := uint64(0); i < count; i++ {
-		what := fmt.Sprintf("session %d of %d", i+1, count)
-		if err := read(head, what); err != nil {
-			return info, err
-		}
-		d := &dormantEntry{
-			verifier: [seal.VerifierSize]byte(head),
-			created:  int64(binary.BigEndian.Uint64(head[18:])),
-			lastSeen: int64(binary.BigEndian.Uint64(head[26:])),
-		}
-		flags, freq := head[16], head[17]
-		n := binary.BigEndian.Uint32(head[34:])
-		if flags&^stateFlagProtected != 0 || n < seal.Overhead || n > maxStateRecord || d.lastSeen < d.created {
-			return info, bad("corrupt %s", what)
-		}
-		if _, dup := seen[d.verifier]; dup {
-			return info, bad("corrupt %s: a second copy of a session", what)
-		}
-		seen[d.verifier] = struct{}{}
-		d.record = make([]byte, n)
-		if err := read(d.record, what); err != nil {
-			return info, err
-		}
-		recs = append(recs, loaded{d, flags, freq})
-	}
-	sum := h.Sum(nil)
-	trailer := make([]byte, sha256.Size)
-	n, err := io.ReadFull(r, trailer)
-	info.Bytes += int64(n)
+	st := stateReader{r: r, h: sha256.New()}
+	st.tr = io.TeeReader(r, st.h)
+	savedAt, recs, err := st.readAll()
 	if err != nil {
-		return info, bad("truncated after %d bytes, in the checksum", info.Bytes)
+		return st.info, err
+	}
+	m.install(recs, savedAt, opt, &st.info)
+	return st.info, nil
+}
+
+// stateReader reads and checks a state file, counting its bytes.
+type stateReader struct {
+	r    io.Reader
+	h    hash.Hash // of everything before the trailer
+	tr   io.Reader // r, hashed into h
+	info StateInfo
+}
+
+// loadedSession is one session of a state file, checked but not
+// installed.
+type loadedSession struct {
+	d           *dormantEntry
+	flags, freq uint8
+}
+
+func (st *stateReader) bad(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadState, fmt.Sprintf(format, args...))
+}
+
+// read fills b from the hashed stream.
+func (st *stateReader) read(b []byte, what string) error {
+	n, err := io.ReadFull(st.tr, b)
+	st.info.Bytes += int64(n)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return st.bad("truncated after %d bytes, in %s", st.info.Bytes, what)
+	}
+	if err != nil {
+		return fmt.Errorf("sessions: reading state: %w", err)
+	}
+	return nil
+}
+
+// readAll checks the whole file, header to trailer, and returns when it
+// was written and its sessions.
+func (st *stateReader) readAll() (savedAt int64, recs []loadedSession, err error) {
+	savedAt, count, err := st.readHeader()
+	if err != nil {
+		return 0, nil, err
+	}
+	recs = make([]loadedSession, 0, min(count, 1<<16))
+	seen := make(map[[seal.VerifierSize]byte]struct{}, min(count, 1<<16))
+	for i := uint64(0); i < count; i++ {
+		rec, err := st.readSession(fmt.Sprintf("session %d of %d", i+1, count))
+		if err != nil {
+			return 0, nil, err
+		}
+		if _, dup := seen[rec.d.verifier]; dup {
+			return 0, nil, st.bad("corrupt session %d of %d: a second copy of a session", i+1, count)
+		}
+		seen[rec.d.verifier] = struct{}{}
+		recs = append(recs, rec)
+	}
+	sum := st.h.Sum(nil)
+	trailer := make([]byte, sha256.Size)
+	n, err := io.ReadFull(st.r, trailer)
+	st.info.Bytes += int64(n)
+	if err != nil {
+		return 0, nil, st.bad("truncated after %d bytes, in the checksum", st.info.Bytes)
 	}
 	if !bytes.Equal(sum, trailer) {
-		return info, bad("checksum mismatch: the file is corrupt")
+		return 0, nil, st.bad("checksum mismatch: the file is corrupt")
 	}
-	if n, _ := r.Read(make([]byte, 1)); n != 0 {
-		return info, bad("data after the checksum")
+	if n, _ := st.r.Read(make([]byte, 1)); n != 0 {
+		return 0, nil, st.bad("data after the checksum")
 	}
+	return savedAt, recs, nil
+}
 
-	// The file is whole: load the sessions that have not ended.
+// readHeader checks the file's header and returns when the file was
+// written and how many sessions it holds.
+func (st *stateReader) readHeader() (savedAt int64, count uint64, err error) {
+	hdr := make([]byte, stateHeaderBytes)
+	if err := st.read(hdr[:len(stateMagic)], "the header"); err != nil {
+		return 0, 0, err
+	}
+	if string(hdr[:len(stateMagic)]) != stateMagic {
+		return 0, 0, st.bad("no state file header: another kind of file")
+	}
+	if err := st.read(hdr[len(stateMagic):], "the header"); err != nil {
+		return 0, 0, err
+	}
+	if v := binary.BigEndian.Uint16(hdr[8:]); v != stateVersion {
+		return 0, 0, st.bad("version %d; this proxysession reads version %d", v, stateVersion)
+	}
+	if !bytes.Equal(hdr[10:16], make([]byte, 6)) {
+		return 0, 0, st.bad("corrupt header")
+	}
+	return int64(binary.BigEndian.Uint64(hdr[16:])), binary.BigEndian.Uint64(hdr[24:]), nil
+}
+
+// readSession reads one session's record.
+func (st *stateReader) readSession(what string) (loadedSession, error) {
+	head := make([]byte, stateRecordHead)
+	if err := st.read(head, what); err != nil {
+		return loadedSession{}, err
+	}
+	d := &dormantEntry{
+		verifier: [seal.VerifierSize]byte(head),
+		created:  int64(binary.BigEndian.Uint64(head[18:])),
+		lastSeen: int64(binary.BigEndian.Uint64(head[26:])),
+	}
+	flags, freq := head[16], head[17]
+	n := binary.BigEndian.Uint32(head[34:])
+	if flags&^stateFlagProtected != 0 || n < seal.Overhead || n > maxStateRecord || d.lastSeen < d.created {
+		return loadedSession{}, st.bad("corrupt %s", what)
+	}
+	d.record = make([]byte, n)
+	if err := st.read(d.record, what); err != nil {
+		return loadedSession{}, err
+	}
+	return loadedSession{d, flags, freq}, nil
+}
+
+// install adds the checked sessions that have not ended to the store, as
+// dormant entries in their segments, within the store's limits.
+func (m *MemoryStore) install(recs []loadedSession, savedAt int64, opt StateOptions, info *StateInfo) {
 	now := opt.Now().UnixNano()
 	since := uint32(savedAt/1e9) & timeMask << freqBits
 	m.mu.Lock()
@@ -581,7 +625,6 @@ func (m *MemoryStore) ReadState(r io.Reader, opt StateOptions) (StateInfo, error
 	before := m.evictions.Load()
 	m.evict()
 	info.Sessions -= int(m.evictions.Load() - before)
-	return info, nil
 }
 
 // ErrUnsafeState is the error of a state file that others could read or
