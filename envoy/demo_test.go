@@ -17,10 +17,11 @@ import (
 	"github.com/proxysession/proxysession/sessions"
 )
 
-// TestDemo runs the compose demo's story without Docker: proxysession
-// configured by docker-compose.yml's environment, the demo backend, and a
-// browser, with the Envoy stand-in between them.
-func TestDemo(t *testing.T) {
+// composeDemo starts proxysession configured by docker-compose.yml's
+// environment in front of the demo backend, and returns its engine and
+// the Envoy stand-in that leads to it.
+func composeDemo(t *testing.T) (*sessions.Cache, *envoytest.Filter) {
+	t.Helper()
 	p := loadCompose(t)
 	cfg, err := config.Parse(nil, containerLookup(p.Services["proxysession"]), nil)
 	if err != nil {
@@ -32,8 +33,15 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := extproctest.NewServer(cache, processor.Options{Logger: cfg.Sessions.Logger})
-	defer srv.Close()
-	filter := srv.Filter(demo.New(lookupOr(p.Services["demo"].Environment, "DEMO_PROXY_COOKIE", "")))
+	t.Cleanup(srv.Close)
+	return cache, srv.Filter(demo.New(lookupOr(p.Services["demo"].Environment, "DEMO_PROXY_COOKIE", "")))
+}
+
+// TestDemo runs the compose demo's story without Docker: proxysession
+// configured by docker-compose.yml's environment, the demo backend, and a
+// browser, with the Envoy stand-in between them.
+func TestDemo(t *testing.T) {
+	cache, filter := composeDemo(t)
 	browser := envoytest.NewBrowser(filter)
 	// Browsers treat http://localhost as secure; Go's cookie jar only
 	// sends Secure cookies over https, so the test browser uses https.
@@ -109,19 +117,7 @@ func TestDemo(t *testing.T) {
 // demo-only binding key), "Log out everywhere" in one of alice's browsers
 // logs out both, through ext_proc; carol stays logged in.
 func TestDemoLogoutEverywhere(t *testing.T) {
-	p := loadCompose(t)
-	cfg, err := config.Parse(nil, containerLookup(p.Services["proxysession"]), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Sessions.Logger = slog.New(slog.DiscardHandler)
-	cache, err := sessions.New(cfg.Sessions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := extproctest.NewServer(cache, processor.Options{Logger: cfg.Sessions.Logger})
-	defer srv.Close()
-	filter := srv.Filter(demo.New(sessions.DefaultCookieName))
+	cache, filter := composeDemo(t)
 	site := "https://localhost:8080"
 	u, _ := url.Parse(site + "/")
 	page := func(b *http.Client) string {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/proxysession/proxysession/internal/browsertest"
 )
 
 var (
@@ -295,7 +297,7 @@ func testRotationGrace(t *testing.T, c *Cache, clock *testClock) {
 
 func TestRotationParallelMemory(t *testing.T) {
 	store, _ := NewMemoryStore(100)
-	c := newBindingCache(t, store, &testClock{now: time.Now()}, testBindingKey, nil)
+	c := newBindingCache(t, store, browsertest.NewClock(time.Now()), testBindingKey, nil)
 	testRotationParallel(t, c)
 }
 

@@ -9,28 +9,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/proxysession/proxysession/internal/browsertest"
 )
 
 // testClock is a settable clock for lifetime tests.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+type testClock = browsertest.Clock
 
 func newTestClock() *testClock {
-	return &testClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	return browsertest.NewClock(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 }
 
 func mustURL(t testing.TB, s string) *url.URL {
@@ -265,7 +252,7 @@ func TestPassThroughCookies(t *testing.T) {
 		t.Fatalf("browser gets %q, want the pass-through lines verbatim and the session cookie", edit.SetCookie)
 	}
 	b := browserJar{}
-	b.apply(t, edit.SetCookie)
+	b.Apply(t, edit.SetCookie)
 	if x := expand(t, c, mustURL(t, "https://example.com/"), b); !strings.HasPrefix(x.Cookie, "sid=1; ") ||
 		!strings.Contains(x.Cookie, "XSRF-TOKEN=abc") || !strings.Contains(x.Cookie, "_xsrf=2|x") {
 		t.Errorf("Cookie = %q", x.Cookie)
@@ -335,8 +322,8 @@ func TestSecureOrigin(t *testing.T) {
 			req := &Request{Scheme: tt.scheme, Host: tt.host, Path: "/", ForwardedProto: tt.fwd}
 			_, edit := roundTrip(t, c, req, &Response{SetCookie: []string{"s=1; Secure", "p=2"}})
 			b := browserJar{}
-			b.apply(t, edit.SetCookie)
-			req.Cookies = b.header()
+			b.Apply(t, edit.SetCookie)
+			req.Cookies = b.Header()
 			x, _ := roundTrip(t, c, req, nil)
 			want := "p=2"
 			if tt.wantSecure {
@@ -385,7 +372,7 @@ func TestSameSite(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req := &Request{Scheme: "https", Host: "example.com", Path: "/", Method: tt.method, Cookies: b.header(),
+			req := &Request{Scheme: "https", Host: "example.com", Path: "/", Method: tt.method, Cookies: b.Header(),
 				FetchSite: tt.site, FetchMode: tt.mode, FetchDest: tt.dst}
 			x, _ := roundTrip(t, c, req, nil)
 			if x.Cookie != tt.want {
@@ -395,7 +382,7 @@ func TestSameSite(t *testing.T) {
 	}
 
 	// A cross-site subresource cannot plant SameSite cookies either.
-	req := &Request{Scheme: "https", Host: "example.com", Path: "/", Cookies: b.header(), FetchSite: "cross-site", FetchMode: "no-cors"}
+	req := &Request{Scheme: "https", Host: "example.com", Path: "/", Cookies: b.Header(), FetchSite: "cross-site", FetchMode: "no-cors"}
 	roundTrip(t, c, req, &Response{SetCookie: []string{"lax=2; SameSite=Lax", "none=2; SameSite=None; Secure"}})
 	if x := expand(t, c, u, b); x.Cookie != "strict=1; lax=1; none=2; default=1" {
 		t.Errorf("after a cross-site response Cookie = %q", x.Cookie)
@@ -559,7 +546,7 @@ func TestParallelExchangesInOneSession(t *testing.T) {
 		wg.Go(func() {
 			for i := range perWorker {
 				var x Exchange
-				req := &Request{Scheme: "https", Host: "example.com", Path: "/", Cookies: b.header()}
+				req := &Request{Scheme: "https", Host: "example.com", Path: "/", Cookies: b.Header()}
 				if err := c.Expand(context.Background(), req, &x); err != nil || !strings.Contains(x.Cookie, "start=1") {
 					t.Errorf("Expand: %v, Cookie %q", err, x.Cookie)
 					return

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/proxysession/proxysession/internal/browsertest"
 )
 
 // conformanceDir finds the RFC 6265bis cookie test data (see its README):
@@ -137,40 +139,11 @@ func TestConformanceDates(t *testing.T) {
 	}
 }
 
-// browserJar is the test's stand-in for a browser: the cookies the proxy
-// let through, by name. It is deliberately simple; the tests that need a
-// real browser jar use net/http/cookiejar.
-type browserJar map[string]string
-
-func (b browserJar) header() []string {
-	var pairs []string
-	for k, v := range b {
-		pairs = append(pairs, k+"="+v)
-	}
-	if len(pairs) == 0 {
-		return nil
-	}
-	return []string{strings.Join(pairs, "; ")}
-}
-
-// apply records the Set-Cookie lines the browser received.
-func (b browserJar) apply(t *testing.T, lines []string) {
-	t.Helper()
-	for _, l := range lines {
-		c, err := http.ParseSetCookie(l)
-		if err != nil {
-			t.Fatalf("proxy sent an invalid Set-Cookie %q: %v", l, err)
-		}
-		if c.MaxAge < 0 {
-			delete(b, c.Name)
-		} else {
-			b[c.Name] = c.Value
-		}
-	}
-}
+// browserJar is the test's stand-in for a browser.
+type browserJar = browsertest.BrowserJar
 
 func requestFor(u *url.URL, browser browserJar) *Request {
-	return &Request{Scheme: u.Scheme, Host: u.Host, Path: u.RequestURI(), Method: http.MethodGet, Cookies: browser.header()}
+	return &Request{Scheme: u.Scheme, Host: u.Host, Path: u.RequestURI(), Method: http.MethodGet, Cookies: browser.Header()}
 }
 
 // expand runs the request half of an exchange.
@@ -195,7 +168,7 @@ func exchange(t *testing.T, c *Cache, u *url.URL, browser browserJar, setCookies
 	if err != nil {
 		t.Fatalf("Capture: %v", err)
 	}
-	browser.apply(t, edit.SetCookie)
+	browser.Apply(t, edit.SetCookie)
 	return browser
 }
 
